@@ -1,0 +1,35 @@
+# Everything goes through a local virtualenv so that `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: setup demo test bench lint train clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vitalstream demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/throughput.py
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline flows models
+
+train: setup
+	$(VENV)/bin/vitalstream train
+
+clean:
+	rm -rf $(VENV) lake build *.egg-info .pytest_cache
