@@ -1,0 +1,313 @@
+"""Bytes to Arrow: one stream's micro-batch of Kafka messages decoded in bulk.
+
+The hot path hands the whole batch to Arrow's JSON reader (C++, multi-threaded). Each line is tagged with
+its position so that the rows provably line up with the messages. Only when the bulk read fails does the
+batch split into chunks, and only a failing chunk is decoded message by message, to isolate the bad
+message and name its fault. Both paths produce the same table; rules about values (missing fields,
+ranges, key mismatch, clock skew) are the expectation suites' job in `validate`, not the decoder's.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from itertools import compress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from pipeline.contract import StreamContract
+
+MAX_MESSAGE_BYTES = 64 * 1024
+FALLBACK_CHUNK = 256
+_ISO_EXTRA_DIGITS = r"(\.\d{3})\d+"
+
+META_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("kafka_timestamp", pa.timestamp("ms", tz="UTC")),
+        ("src", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class RawBatch:
+    """Messages of one topic, as columns. `values` are the original bytes."""
+
+    stream: str
+    topic: str
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    partitions: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    timestamps_ms: np.ndarray  # int64, Kafka record timestamps
+    _keys: pa.Array | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def key_array(self) -> pa.Array:
+        """Keys as UTF-8 strings (a key that is not UTF-8 shows replacement characters)."""
+        if self._keys is None:
+            self._keys = _valid_utf8(pa.array(self.keys, pa.binary()).cast(pa.string(), safe=False))
+        return self._keys
+
+    def value_array(self) -> pa.Array:
+        return pa.array(self.values, pa.binary())
+
+
+@dataclass
+class Decoded:
+    """Rows that decoded (stream columns + key, event_time, clock_skew_s + META) and rows that did not."""
+
+    table: pa.Table
+    rejected_src: np.ndarray  # int32 positions in the RawBatch
+    rejected_reason: list[str]
+    rejected_detail: list[str]
+
+
+def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
+    n = len(batch)
+    ok_mask, is_iso = _scan(batch.values)
+    pieces: list[tuple[pa.Table, np.ndarray]] = []
+    slow: list[np.ndarray] = [np.flatnonzero(~ok_mask).astype(np.int32)]
+    for ts_type, mask in ((pa.string(), is_iso & ok_mask), (pa.int64(), ~is_iso & ok_mask)):
+        if mask.any():
+            group = list(compress(batch.values, mask.tolist()))
+            _decode_bulk(group, np.flatnonzero(mask).astype(np.int32), contract.wire_schema(ts_type), pieces, slow)
+
+    rows: list[dict[str, Any]] = []
+    rows_src: list[int] = []
+    rej_src: list[int] = []
+    rej_reason: list[str] = []
+    rej_detail: list[str] = []
+    for i in np.sort(np.concatenate(slow)).tolist():
+        parsed, reason, detail = _decode_one(batch.values[i], contract)
+        if parsed is None:
+            rej_src.append(i)
+            rej_reason.append(reason)
+            rej_detail.append(detail)
+        else:
+            rows.append(parsed)
+            rows_src.append(i)
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=contract.wire_schema(pa.string()))
+        pieces.append((table, np.asarray(rows_src, dtype=np.int32)))
+    parts = [_normalise(t, s, batch, contract) for t, s in pieces]
+    table = pa.concat_tables(parts) if parts else _normalise(
+        contract.wire_schema(pa.string()).empty_table(), np.empty(0, np.int32), batch, contract)
+    if len(table) + len(rej_src) != n:
+        raise AssertionError("decoder lost track of messages")  # an invariant, not an input error
+    return Decoded(
+        table=table,
+        rejected_src=np.asarray(rej_src, dtype=np.int32),
+        rejected_reason=rej_reason,
+        rejected_detail=rej_detail,
+    )
+
+
+def _scan(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised pre-checks over the raw bytes: which messages the bulk reader may take, and which carry
+    an ISO `ts` string. Empty, oversized or multi-line messages, or ones that are not an object, go to the
+    exact path. Every other line starts with "{", so it yields at least one row or a parse error: a row
+    count equal to the line count proves that rows and messages line up one to one."""
+    arr = pa.array(values, pa.binary())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if n and arr.buffers()[2] else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    ok = (lengths > 0) & (lengths <= MAX_MESSAGE_BYTES)
+    if arr.null_count:
+        ok &= np.asarray(arr.is_valid())
+    starts = offsets[:-1]
+    ok[ok] &= data[starts[ok]] == ord("{")
+    breaks = np.flatnonzero((data == 10) | (data == 13))
+    ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
+    quote = np.flatnonzero(data[: max(len(data) - 5, 0)] == ord('"'))
+    for k, ch in enumerate(b'ts":"', start=1):
+        quote = quote[data[quote + k] == ch]
+    is_iso = np.zeros(n, dtype=bool)
+    is_iso[np.searchsorted(offsets, quote, side="right") - 1] = True
+    return ok, is_iso
+
+
+def _decode_bulk(
+    lines: list[bytes], src: np.ndarray, wire: pa.Schema, out: list[tuple[pa.Table, np.ndarray]], slow: list[np.ndarray]
+) -> None:
+    if not lines:
+        return
+    table = _read_lines(lines, wire)
+    if table is not None and len(table) == len(lines):
+        out.append((table, src))
+        return
+    if len(lines) <= FALLBACK_CHUNK:
+        slow.append(src)
+        return
+    for start in range(0, len(lines), FALLBACK_CHUNK):
+        stop = start + FALLBACK_CHUNK
+        _decode_bulk(lines[start:stop], src[start:stop], wire, out, slow)
+
+
+def _read_lines(lines: list[bytes], wire: pa.Schema) -> pa.Table | None:
+    data = b"\n".join(lines)
+    try:
+        return pj.read_json(
+            io.BytesIO(data),
+            read_options=pj.ReadOptions(block_size=max(1 << 20, len(data) // 2 + 1)),
+            parse_options=pj.ParseOptions(explicit_schema=wire, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _decode_one(value: bytes | None, contract: StreamContract) -> tuple[dict[str, Any] | None, str, str]:
+    """Decode one message the slow, exact way; returns (row, "", "") or (None, reason, detail)."""
+    if not value:
+        return None, "empty_message", ""
+    if len(value) > MAX_MESSAGE_BYTES:
+        return None, "oversized_message", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}"
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not_utf8", ""
+        return None, "invalid_json", str(exc)[:200]
+    if not isinstance(obj, dict):
+        return None, "not_an_object", type(obj).__name__
+    row: dict[str, Any] = {}
+    for name, kind in contract.fields.items():
+        v = obj.get(name)
+        if v is None:
+            row[name] = None
+        elif kind == "timestamp":
+            if isinstance(v, bool) or not isinstance(v, int | str):
+                return None, "wrong_type", name
+            if isinstance(v, int) and not -(2**62) < v < 2**62:
+                return None, "wrong_type", name
+            row[name] = str(v)
+        elif kind == "string":
+            if not isinstance(v, str):
+                return None, "wrong_type", name
+            row[name] = v
+        elif kind == "boolean":
+            if not isinstance(v, bool):
+                return None, "wrong_type", name
+            row[name] = v
+        else:  # number / integer
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return None, "wrong_type", name
+            if isinstance(v, float) and not math.isfinite(v):
+                return None, "not_finite", name
+            row[name] = float(v) if kind == "number" else v
+    return row, "", ""
+
+
+def parse_event_time(ts: pa.Array) -> pa.Array:
+    """`ts` strings (epoch-ms digits or ISO-8601 with an offset) to timestamp[ms, UTC]; unparseable -> null."""
+    ts = ts.combine_chunks() if isinstance(ts, pa.ChunkedArray) else ts
+    out_type = pa.timestamp("ms", tz="UTC")
+    if len(ts) == 0:
+        return pa.array([], out_type)
+    is_int = pc.fill_null(pc.match_substring_regex(ts, r"^-?\d{1,18}$"), False)
+    as_int = pc.cast(pc.if_else(is_int, ts, pa.scalar(None, pa.string())), pa.int64()).cast(out_type)
+    iso = pc.if_else(is_int, pa.scalar(None, pa.string()), ts)
+    iso = pc.replace_substring_regex(iso, _ISO_EXTRA_DIGITS, r"\1")  # Arrow parses at most milliseconds
+    try:
+        as_iso = pc.cast(iso, out_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        as_iso = pa.array([_parse_iso(s) for s in iso.to_pylist()], out_type)
+    return pc.coalesce(as_int, as_iso)
+
+
+def _parse_iso(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else None  # the contract requires an offset
+
+
+def _normalise(table: pa.Table, src: np.ndarray, batch: RawBatch, contract: StreamContract) -> pa.Table:
+    """Add the canonical value, event time, the Kafka key and provenance columns."""
+    ts = table.column("ts")
+    if pa.types.is_integer(ts.type):
+        event_time = pc.cast(ts, pa.timestamp("ms", tz="UTC"))
+    else:
+        event_time = parse_event_time(ts)
+    table = table.drop_columns(["ts"])
+    kafka_ts = pa.array(batch.timestamps_ms[src], pa.int64())
+    skew_s = pc.divide(pc.subtract(kafka_ts, event_time.cast(pa.int64())).cast(pa.float64()), 1000.0)
+    for alt, factor in contract.alternatives.items():
+        i = table.schema.get_field_index(contract.value_field)
+        converted = pc.coalesce(table.column(contract.value_field), pc.multiply(table.column(alt), factor))
+        table = table.set_column(i, contract.value_field, converted)
+    return (
+        table.append_column("key", batch.key_array().take(src))
+        .append_column("event_time", event_time)
+        .append_column("clock_skew_s", skew_s)
+        .append_column("topic", pa.array(np.full(len(src), batch.topic, dtype=object), pa.string()))
+        .append_column("partition", pa.array(batch.partitions[src], pa.int32()))
+        .append_column("offset", pa.array(batch.offsets[src], pa.int64()))
+        .append_column("kafka_timestamp", kafka_ts.cast(pa.timestamp("ms", tz="UTC")))
+        .append_column("src", pa.array(src, pa.int32()))
+    )
+
+
+def _valid_utf8(arr: pa.Array) -> pa.Array:
+    try:
+        arr.validate(full=True)
+        return arr
+    except pa.ArrowInvalid:
+        # A key that is not UTF-8 cannot equal a patient id: keep it visible as a replacement string.
+        return pa.array([None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()])
+
+
+def to_readings(table: pa.Table, contract: StreamContract) -> pa.Table:
+    """Validated stream rows to the canonical reading schema (plus provenance), flagging censored values.
+
+    A CGM reports only its range (e.g. 40-400 mg/dL): a reading at or beyond a bound is censored, kept at
+    the bound and flagged, because "below 40" is clinically meaningful, not an error.
+    """
+    n = len(table)
+    null_f = pa.nulls(n, pa.float64())
+    if contract.stream == "fall":
+        value = pc.if_else(table.column("fall_detected"), 1.0, 0.0).cast(pa.float64())
+        conf, impact = table.column("confidence"), table.column("impact_g")
+    else:
+        value = table.column(contract.value_field).cast(pa.float64())
+        conf, impact = null_f, null_f
+    censored = pa.array(np.zeros(n, dtype=bool))
+    if contract.reporting_range is not None:
+        lo, hi = contract.reporting_range
+        censored = pc.or_(pc.less_equal(value, lo), pc.greater_equal(value, hi))
+        value = pc.min_element_wise(pc.max_element_wise(value, lo), hi)
+    return pa.table(
+        {
+            "patient_id": table.column("patient_id"),
+            "device_id": table.column("device_id"),
+            "stream": pa.array(np.full(n, contract.stream, dtype=object), pa.string()),
+            "event_time": table.column("event_time"),
+            "value": value,
+            "fall_confidence": conf,
+            "impact_g": impact,
+            "censored": censored,
+            "source": pc.binary_join_element_wise(
+                table.column("topic"), pc.cast(table.column("partition"), pa.string()), ":"
+            ),
+            "src": table.column("src"),
+        }
+    )

@@ -1,0 +1,142 @@
+"""Event time: late readings, duplicates, the watermark and tumbling windows.
+
+Semantics (as in Kafka Streams' grace period and Flink's bounded lateness):
+- Windows are tumbling, `window` long, aligned to the epoch: [k*w, (k+1)*w).
+- Each source (a topic-partition) has a high-water mark: the largest event time it has delivered.
+- The watermark is the smallest high-water mark among active sources. A source is idle, and does not
+  hold the watermark back, when its high-water mark trails the leading source's by more than
+  `idle_timeout` (measured in event time, so that a replay closes the same windows as the live run).
+  The watermark never goes back.
+- A window closes when watermark >= window_end + allowed_lateness; its readings leave the buffer and its
+  features are emitted once. A reading for a window that has closed is late (quarantined as `late`).
+- A reading equal to one already buffered (same patient, stream, device and event time) is a duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.features import READINGS_SCHEMA, window_features
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window: timedelta = timedelta(minutes=5)
+    allowed_lateness: timedelta = timedelta(minutes=2)
+    idle_timeout: timedelta = timedelta(minutes=10)
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window.total_seconds() * 1000)
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.allowed_lateness.total_seconds() * 1000)
+
+    @property
+    def idle_ms(self) -> int:
+        return int(self.idle_timeout.total_seconds() * 1000)
+
+
+@dataclass
+class WindowState:
+    buffer: pa.Table = field(default_factory=READINGS_SCHEMA.empty_table)  # readings of open windows
+    source_high_ms: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> max event time
+    watermark_ms: int | None = None
+
+
+@dataclass
+class Step:
+    """What one micro-batch did. Masks are over the input readings."""
+
+    late: np.ndarray
+    duplicate: np.ndarray
+    windows: pa.Table  # features of the windows closed by this step
+    windowed_readings: int  # readings inside those windows
+
+
+def step(state: WindowState, readings: pa.Table, cfg: WindowConfig, drain: bool = False) -> Step:
+    """Advance `state` by one micro-batch of canonical readings (READINGS_SCHEMA + `source`)."""
+    t_ms = _ms(readings.column("event_time"))
+    late = late_mask(t_ms, state.watermark_ms, cfg)
+    duplicate = np.zeros(len(readings), dtype=bool)
+    candidates = np.flatnonzero(~late)
+    duplicate[candidates] = duplicate_mask(state.buffer, readings.take(pa.array(candidates)))
+    accepted_idx = np.flatnonzero(~late & ~duplicate)
+    accepted = readings.take(pa.array(accepted_idx))
+    _advance_sources(state, accepted.column("source"), t_ms[accepted_idx])
+    state.buffer = pa.concat_tables([state.buffer, accepted.select(READINGS_SCHEMA.names)])
+    state.watermark_ms = watermark(state, cfg)
+    windows, n_windowed = close_windows(state, cfg, drain)
+    return Step(late=late, duplicate=duplicate, windows=windows, windowed_readings=n_windowed)
+
+
+def late_mask(t_ms: np.ndarray, watermark_ms: int | None, cfg: WindowConfig) -> np.ndarray:
+    if watermark_ms is None:
+        return np.zeros(len(t_ms), dtype=bool)
+    window_end = (t_ms // cfg.window_ms + 1) * cfg.window_ms
+    return np.asarray(window_end + cfg.lateness_ms <= watermark_ms)
+
+
+def duplicate_mask(buffer: pa.Table, new: pa.Table) -> np.ndarray:
+    """True for rows of `new` whose (patient, stream, device, event time) is already in `buffer` or earlier
+    in `new`; the first copy wins."""
+    if len(new) == 0:
+        return np.zeros(0, dtype=bool)
+    key_cols = ["patient_id", "stream", "device_id"]
+    both = pa.concat_tables([buffer.select(key_cols), new.select(key_cols)])
+    ident = pc.binary_join_element_wise(*(both.column(c) for c in key_cols), "\x1f")
+    code = np.asarray(pc.dictionary_encode(ident).combine_chunks().indices, dtype=np.int64)
+    t = np.concatenate([_ms(buffer.column("event_time")), _ms(new.column("event_time"))])
+    order = np.lexsort((np.arange(len(code)), t, code))  # stable: earlier rows first within a key
+    same = np.r_[False, (code[order][1:] == code[order][:-1]) & (t[order][1:] == t[order][:-1])]
+    dup = np.zeros(len(code), dtype=bool)
+    dup[order[same]] = True
+    return dup[len(buffer) :]
+
+
+def _advance_sources(state: WindowState, source: pa.ChunkedArray, t_ms: np.ndarray) -> None:
+    if len(t_ms) == 0:
+        return
+    enc = pc.dictionary_encode(source).combine_chunks()
+    codes = np.asarray(enc.indices, dtype=np.int64)
+    highs = np.full(len(enc.dictionary), np.iinfo(np.int64).min)
+    np.maximum.at(highs, codes, t_ms)
+    for name, high in zip(enc.dictionary.to_pylist(), highs.tolist(), strict=True):
+        state.source_high_ms[name] = max(high, state.source_high_ms.get(name, high))
+
+
+def watermark(state: WindowState, cfg: WindowConfig) -> int | None:
+    if not state.source_high_ms:
+        return state.watermark_ms
+    highs = np.array(list(state.source_high_ms.values()), dtype=np.int64)
+    active = highs[highs >= highs.max() - cfg.idle_ms]
+    candidate = int(active.min())
+    return candidate if state.watermark_ms is None else max(candidate, state.watermark_ms)
+
+
+def close_windows(state: WindowState, cfg: WindowConfig, drain: bool = False) -> tuple[pa.Table, int]:
+    """Emit features of every buffered window the watermark has passed (all of them when draining)."""
+    buf = state.buffer
+    if len(buf) == 0 or (state.watermark_ms is None and not drain):
+        return window_features(buf.slice(0, 0), cfg.window_ms), 0
+    t_ms = _ms(buf.column("event_time"))
+    if drain:
+        closing = np.ones(len(buf), dtype=bool)
+    else:
+        assert state.watermark_ms is not None
+        closing = late_mask(t_ms, state.watermark_ms, cfg)
+    if not closing.any():
+        return window_features(buf.slice(0, 0), cfg.window_ms), 0
+    closed = buf.filter(pa.array(closing))
+    state.buffer = buf.filter(pa.array(~closing))
+    return window_features(closed, cfg.window_ms), len(closed)
+
+
+def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
