@@ -39,6 +39,9 @@ class Routing:
     reason: np.ndarray  # object array of str | None
     expectation: np.ndarray  # object array: the failing expectation's type
 
+    def expectation_labels(self) -> list[str | None]:
+        return [None if r is None else str(r) for r in self.reason]
+
 
 def route(table: pa.Table, suite_name: str) -> Routing:
     suite = suite_json(suite_name)
@@ -50,7 +53,8 @@ def route(table: pa.Table, suite_name: str) -> Routing:
         bad = unexpected_mask(table, exp["type"], exp["kwargs"])
         new = bad & ~failed
         if new.any():
-            reason[new] = exp.get("meta", {}).get("quarantine_reason", exp["type"])
+            label = exp["type"] + ":" + str(exp["kwargs"].get("column") or ",".join(exp["kwargs"].get("column_list", [])))
+            reason[new] = exp.get("meta", {}).get("quarantine_reason", label)
             which[new] = exp["type"]
             failed |= new
     return Routing(failed=failed, reason=reason, expectation=which)

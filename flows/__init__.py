@@ -1,0 +1,1 @@
+"""Prefect 3 flows: thin compositions of the plain functions in `pipeline/` and `models/`."""

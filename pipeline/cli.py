@@ -1,0 +1,242 @@
+"""`vitalstream`: demo, broker, simulate, run, train, query, config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, VitalStreamError
+
+_NO_BROKER_HINT = (
+    "no Kafka bootstrap address: pass --bootstrap host:port or set VITALSTREAM_BOOTSTRAP "
+    "(start a local broker with `vitalstream broker`, or run everything at once with `vitalstream demo`)"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except VitalStreamError as exc:
+        print(f"vitalstream: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vitalstream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vitalstream",
+        description="Patient sensor streams from Kafka to event-time windows, quality checks and LSTM risk "
+        "scores in Parquet.",
+    )
+    p.add_argument("--config", type=Path, help="TOML settings file (section [vitalstream])")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="embedded broker + simulated patients + scoring, then a summary")
+    d.add_argument("--patients", type=int, default=200)
+    d.add_argument("--hours", type=float, default=3.0)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--lake", type=Path, help="output directory (default ./lake)")
+    d.set_defaults(handler=cmd_demo)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--host", default="127.0.0.1")
+    b.set_defaults(handler=cmd_broker)
+
+    s = sub.add_parser("simulate", help="produce simulated patient streams to Kafka")
+    s.add_argument("--patients", type=int, default=50)
+    s.add_argument("--hours", type=float, default=2.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
+    s.set_defaults(handler=cmd_simulate)
+
+    r = sub.add_parser("run", help="run the scoring flow (Prefect) over the four topics")
+    r.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
+    r.add_argument("--lake", type=Path, help="output directory (default ./lake)")
+    r.add_argument("--group", help="consumer group (default vitalstream-scoring)")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--until-idle", dest="mode", action="store_const", const="until-idle",
+                      help="stop once caught up with the topics (default)")
+    mode.add_argument("--drain", dest="mode", action="store_const", const="drain",
+                      help="as --until-idle, then close every open window (finished recordings)")
+    mode.add_argument("--follow", dest="mode", action="store_const", const="follow", help="keep running")
+    r.set_defaults(handler=cmd_run, mode="until-idle")
+
+    t = sub.add_parser("train", help="train the risk model on simulated patients")
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="options for models.train (see --help there)")
+    t.set_defaults(handler=cmd_train)
+
+    q = sub.add_parser("query", help="run SQL over the lake with DuckDB (views: risk_scores, windows, quarantine)")
+    q.add_argument("sql")
+    q.add_argument("--lake", type=Path)
+    q.set_defaults(handler=cmd_query)
+
+    c = sub.add_parser("config", help="print the effective settings")
+    c.set_defaults(handler=cmd_config)
+    return p
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
+    from pipeline.config import load_settings
+
+    return load_settings(args.config).with_overrides(**overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    print(json.dumps(_settings(args).describe(), indent=2, default=str))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pipeline.broker import EmbeddedBroker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with EmbeddedBroker(port=args.port, host=args.host) as broker:
+        print(f"broker listening; bootstrap address: {broker.bootstrap}  (Ctrl-C to stop; storage is in memory)",
+              flush=True)
+        while not stop.wait(0.5):
+            if broker.proc is not None and broker.proc.poll() is not None:
+                raise VitalStreamError(f"broker exited with code {broker.proc.returncode}; log: {broker.log_path}")
+        print("stopping broker", flush=True)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    settings = _settings(args, bootstrap=args.bootstrap)
+    if not settings.bootstrap:
+        raise ConfigError(_NO_BROKER_HINT)
+    n = _simulate_into(settings, settings.bootstrap, args.patients, args.hours, args.seed)
+    print(f"produced {n:,} messages for {args.patients} patients x {args.hours} h to {settings.bootstrap}")
+    return 0
+
+
+def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, seed: int) -> int:
+    from pipeline.kafka_io import ensure_topics, produce, producer
+    from pipeline.simulate import SimulationConfig, encode, simulate
+
+    kafka = settings.kafka(bootstrap)
+    ensure_topics(kafka)
+    sim = simulate(SimulationConfig(patients=patients, hours=hours, seed=seed))
+    prod = producer(kafka)
+    bar = _bar(total=len(sim.readings), desc="producing")
+    total = 0
+    try:
+        for chunk in encode(sim):
+            total += produce(prod, kafka, chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        prod.close()
+        if bar is not None:
+            bar.close()
+    return total
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group)
+    if not settings.bootstrap:
+        raise ConfigError(_NO_BROKER_HINT)
+    summary = _run_flow(settings, settings.bootstrap, args.mode)
+    _print_summary(summary, settings)
+    return 0 if summary["balanced"] else 1
+
+
+def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
+    from flows.scoring import scoring_flow
+
+    result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)
+    return result
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.broker import EmbeddedBroker
+
+    settings = _settings(args, lake=args.lake)
+    with EmbeddedBroker() as broker:
+        print(f"embedded broker at {broker.bootstrap}")
+        n = _simulate_into(settings, broker.bootstrap, args.patients, args.hours, args.seed)
+        print(f"produced {n:,} messages ({args.patients} patients x {args.hours} h, seed {args.seed})")
+        summary = _run_flow(settings, broker.bootstrap, "drain")
+    _print_summary(summary, settings)
+    return 0 if summary["balanced"] else 1
+
+
+def _print_summary(s: dict[str, Any], settings: Any) -> None:
+    from pipeline.query import top_patients
+
+    q = s["quarantined"]
+    rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
+    print(f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s "
+          f"({rate:,.0f} messages/s)")
+    print(f"  consumed      {s['consumed']:>10,}")
+    print(f"  in windows    {s['windowed']:>10,}   ({s['windows']:,} windows scored)")
+    print(f"  duplicates    {s['duplicates']:>10,}")
+    print(f"  quarantined   {sum(q.values()):>10,}   " + ", ".join(f"{k} {v}" for k, v in sorted(q.items())))
+    print(f"  still open    {s['pending_after']:>10,}   (readings waiting for their window to close)")
+    check = "holds" if s["balanced"] else "DOES NOT HOLD"
+    print(f"  accounting {check}: consumed = in windows + duplicates + quarantined + change in open")
+    for suite, r in sorted(s.get("quality", {}).items()):
+        status = "passed" if r["success"] else "failed: " + ", ".join(f"{k} ({v})" for k, v in r["failed"].items())
+        print(f"  great expectations {suite}: {r['rows']:,} sampled rows {status}")
+    rows = top_patients(settings.lake)
+    if rows:
+        print("\nhighest-risk patients (latest window):")
+        for pid, end, score, level in rows:
+            print(f"  {pid:<12} {end:%Y-%m-%d %H:%M} UTC  risk {score:.3f}  {level}")
+    print(f"\noutputs under {settings.lake.resolve()}/: risk_scores/, windows/, quarantine/ (Parquet, by date)")
+    print(f"  try: vitalstream query \"SELECT risk_level, count(*) FROM risk_scores GROUP BY 1\" --lake {settings.lake}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipeline.query import connect
+
+    settings = _settings(args, lake=args.lake)
+    con = connect(settings.lake)
+    try:
+        import duckdb
+
+        try:
+            rel = con.sql(args.sql)
+        except duckdb.Error as exc:
+            raise VitalStreamError(f"query failed: {exc}") from exc
+        if rel is not None:
+            rel.show(max_rows=50)
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models import train
+
+    rc: int = train.main(args.rest) or 0
+    return rc
+
+
+def _bar(total: int, desc: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" msg", unit_scale=True, desc=desc, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

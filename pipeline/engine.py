@@ -1,0 +1,298 @@
+"""One micro-batch through every stage, as plain functions over Arrow tables; no Kafka, no Prefect.
+
+    RawBatch per topic -> decode -> route (suites) -> canonical readings -> window.step -> features
+    -> score -> (risk_scores, windows, quarantine) tables + counts
+
+`Engine` holds the event-time state between batches and checkpoints it into the lake with the outputs,
+so a restart resumes where the last successful batch ended. Order per batch: write Parquet, write the
+state checkpoint (with the next offsets), and only then may the caller commit offsets to Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import sink
+from pipeline.contract import STREAMS, readings_suite_name, stream_contract
+from pipeline.decode import RawBatch, decode, to_readings
+from pipeline.features import READINGS_SCHEMA
+from pipeline.score import MODEL_FEATURES, Scorer
+from pipeline.validate import route, run_great_expectations
+from pipeline.window import WindowConfig, WindowState, step
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("stream", pa.string()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("kafka_timestamp", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+        ("patient_id", pa.string()),
+        ("quarantined_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+HISTORY_SCHEMA = pa.schema(
+    [("patient_id", pa.string()), ("window_start", pa.timestamp("ms", tz="UTC"))]
+    + [(f, pa.float64()) for f in MODEL_FEATURES]
+)
+
+
+@dataclass
+class Totals:
+    consumed: int = 0
+    windowed: int = 0
+    duplicates: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    scored: int = 0
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    def add(self, other: Totals) -> None:
+        self.consumed += other.consumed
+        self.windowed += other.windowed
+        self.duplicates += other.duplicates
+        self.quarantined.update(other.quarantined)
+        self.windows += other.windows
+        self.scored += other.scored
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumed": self.consumed, "windowed": self.windowed, "duplicates": self.duplicates,
+            "quarantined": dict(self.quarantined), "windows": self.windows, "scored": self.scored,
+        }
+
+
+@dataclass
+class BatchOutput:
+    batch_id: str
+    risk_scores: pa.Table
+    windows: pa.Table
+    quarantine: pa.Table
+    counts: Totals
+    pending_before: int
+    pending_after: int
+
+
+@dataclass
+class EngineConfig:
+    lake: Path
+    group: str
+    window: WindowConfig = field(default_factory=WindowConfig)
+    quality_sample_rows: int = 20_000  # rows per suite and run that Great Expectations itself validates
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, scorer: Scorer) -> None:
+        self.cfg = cfg
+        self.scorer = scorer
+        self.state = WindowState()
+        self.history = HISTORY_SCHEMA.empty_table()
+        self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
+        self.totals = Totals()  # since the group's first run
+        self.quality = QualitySample(cfg.quality_sample_rows)
+        saved = sink.load_state(cfg.lake, cfg.group)
+        if saved is not None:
+            tables, meta = saved
+            self.state.buffer = tables.get("buffer", READINGS_SCHEMA.empty_table())
+            self.history = tables.get("history", HISTORY_SCHEMA.empty_table())
+            self.state.source_high_ms = {k: int(v) for k, v in meta["source_high_ms"].items()}
+            self.state.watermark_ms = meta["watermark_ms"]
+            self.offsets = {k: int(v) for k, v in meta["offsets"].items()}
+            t = meta["totals"]
+            self.totals = Totals(t["consumed"], t["windowed"], t["duplicates"], Counter(t["quarantined"]),
+                                 t["windows"], t["scored"])
+
+    @property
+    def pending(self) -> int:
+        """Readings waiting in open windows."""
+        return len(self.state.buffer)
+
+    def process(self, batches: list[RawBatch], drain: bool = False) -> BatchOutput:
+        pending_before = self.pending
+        counts = Totals(consumed=sum(len(b) for b in batches))
+        quarantine: list[pa.Table] = []
+        readings: list[pa.Table] = []
+        by_stream = {b.stream: b for b in batches}
+        for batch in batches:
+            contract = stream_contract(batch.stream)
+            decoded = decode(batch, contract)
+            quarantine.append(_quarantine(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail))
+            suite = readings_suite_name(batch.stream)
+            routing = route(decoded.table, suite)
+            self.quality.add(suite, decoded.table, routing.failed)
+            bad = np.flatnonzero(routing.failed)
+            if len(bad):
+                src = np.asarray(decoded.table.column("src").to_numpy())[bad]
+                quarantine.append(_quarantine(batch, src, routing.reason[bad].tolist(), [""] * len(bad)))
+            good = decoded.table.filter(pa.array(~routing.failed))
+            readings.append(to_readings(good, contract))
+        canonical = pa.concat_tables(readings) if readings else None
+        if canonical is None or len(canonical) == 0:
+            canonical = _empty_canonical()
+        result = step(self.state, canonical, self.cfg.window, drain=drain)
+        counts.duplicates = int(result.duplicate.sum())
+        late = np.flatnonzero(result.late)
+        if len(late):
+            late_rows = canonical.take(pa.array(late))
+            streams = late_rows.column("stream").to_pylist()
+            src_all = np.asarray(late_rows.column("src").to_numpy())
+            for stream in set(streams):
+                sel = np.asarray([s == stream for s in streams])
+                quarantine.append(_quarantine(by_stream[stream], src_all[sel], "late", "window already closed"))
+        windows = result.windows
+        counts.windowed = result.windowed_readings
+        counts.windows = len(windows)
+        if len(windows):
+            routing = route(windows, "windows")
+            self.quality.add("windows", windows, routing.failed)
+            windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
+            scores, context = self.scorer.score(self.history, windows, self.cfg.window.window_ms)
+            self.history = _prune_stale(context, self.state.watermark_ms, self.cfg.window.window_ms,
+                                        self.scorer.length).cast(HISTORY_SCHEMA)
+        else:
+            scores = _empty_scores(self.scorer)
+            windows = windows.append_column("dq_failure", pa.array([], pa.string()))
+        counts.scored = len(scores)
+        q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
+        counts.quarantined = Counter(q.column("reason").to_pylist())
+        for b in batches:
+            if len(b):
+                for p in np.unique(b.partitions).tolist():
+                    key = f"{b.topic}:{p}"
+                    self.offsets[key] = max(self.offsets.get(key, 0), int(b.offsets[b.partitions == p].max()) + 1)
+        self.totals.add(counts)
+        return BatchOutput(_batch_id(batches), scores, windows, q, counts, pending_before, self.pending)
+
+    def write(self, out: BatchOutput) -> None:
+        """Parquet first, then the state checkpoint; the caller commits Kafka offsets after this returns."""
+        for name in sink.DATASETS:
+            sink.write_dataset(self.cfg.lake, name, getattr(out, name), out.batch_id)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        meta = {
+            "source_high_ms": self.state.source_high_ms,
+            "watermark_ms": self.state.watermark_ms,
+            "offsets": self.offsets,
+            "totals": self.totals.as_dict(),
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        sink.save_state(self.cfg.lake, self.cfg.group, {"buffer": self.state.buffer, "history": self.history}, meta)
+
+    def validate_quality(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Run Great Expectations on this run's sample of every suite; store and return the summaries."""
+        return self.quality.validate(self.cfg.lake / "_quality", run_id)
+
+
+class QualitySample:
+    """A bounded, per-suite sample of validated rows: every failed row first, then a deterministic stride
+    over passing rows. Great Expectations validates the sample once per run; routing covers every row."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.tables: dict[str, list[pa.Table]] = {}
+        self.rows: Counter[str] = Counter()
+
+    def add(self, suite: str, table: pa.Table, failed: np.ndarray) -> None:
+        room = self.cap - self.rows[suite]
+        if room <= 0 or len(table) == 0:
+            return
+        bad = np.flatnonzero(failed)[:room]
+        good = np.flatnonzero(~failed)
+        stride = max(1, len(good) // max(1, (room - len(bad)) // 4))  # leave room for later batches
+        take = np.concatenate([bad, good[::stride][: max(0, room - len(bad))]])
+        part = table.take(pa.array(np.sort(take)))
+        self.tables.setdefault(suite, []).append(part)
+        self.rows[suite] += len(part)
+
+    def validate(self, out_dir: Path, run_id: str) -> dict[str, dict[str, Any]]:
+        summaries: dict[str, dict[str, Any]] = {}
+        for suite, parts in self.tables.items():
+            table = pa.concat_tables(parts)
+            drop = [c for c in ("src",) if c in table.column_names]
+            result = run_great_expectations(table.drop_columns(drop), suite)
+            path = out_dir / suite / f"{run_id}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1, default=str))
+            failed = {
+                f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}":
+                r["result"].get("unexpected_count", 0)
+                for r in result["results"] if not r["success"]
+            }
+            summaries[suite] = {"rows": len(table), "success": result["success"], "failed": failed, "path": str(path)}
+        self.tables.clear()
+        self.rows.clear()
+        return summaries
+
+
+def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detail: list[str] | str) -> pa.Table:
+    n = len(src)
+    src_arr = pa.array(np.asarray(src, dtype=np.int64))
+    keys = pa.array(batch.keys, pa.binary()).take(src_arr)
+    patient = batch.key_array().take(src_arr)
+    now = datetime.now(UTC).replace(microsecond=0)
+    return pa.table(
+        {
+            "reason": pa.array([reason] * n if isinstance(reason, str) else reason, pa.string()),
+            "detail": pa.array([detail] * n if isinstance(detail, str) else detail, pa.string()),
+            "stream": pa.array([batch.stream] * n, pa.string()),
+            "topic": pa.array([batch.topic] * n, pa.string()),
+            "partition": pa.array(batch.partitions[src], pa.int32()),
+            "offset": pa.array(batch.offsets[src], pa.int64()),
+            "kafka_timestamp": pa.array(batch.timestamps_ms[src], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "key": keys,
+            "value": batch.value_array().take(src_arr),
+            "patient_id": patient,
+            "quarantined_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _batch_id(batches: list[RawBatch]) -> str:
+    """Named after the input: the same offsets give the same file names, so a replay overwrites."""
+    parts = sorted(
+        f"{b.topic}:{p}:{int(b.offsets[b.partitions == p].min())}-{int(b.offsets[b.partitions == p].max())}"
+        for b in batches if len(b) for p in np.unique(b.partitions).tolist()
+    )
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20] if parts else "drain"
+
+
+def _prune_stale(context: pa.Table, watermark_ms: int | None, window_ms: int, length: int) -> pa.Table:
+    context = context.select(HISTORY_SCHEMA.names)
+    if watermark_ms is None or len(context) == 0:
+        return context
+    start = context.column("window_start").cast(pa.int64())
+    return context.filter(pc.greater(start, watermark_ms - (length + 1) * window_ms))
+
+
+def _empty_canonical() -> pa.Table:
+    return READINGS_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("src", pa.int32())).empty_table()
+
+
+def _empty_scores(scorer: Scorer) -> pa.Table:
+    empty = HISTORY_SCHEMA.empty_table()
+    from pipeline.features import window_schema
+
+    scores, _ = scorer.score(empty, window_schema().empty_table(), 300_000)
+    return scores
+
+
+__all__ = ["STREAMS", "BatchOutput", "Engine", "EngineConfig", "Totals"]

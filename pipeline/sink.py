@@ -1,0 +1,100 @@
+"""The lake: hive-partitioned Parquet (`<dataset>/date=YYYY-MM-DD/part-<batch>.parquet`) and the state
+checkpoint. Files appear atomically (written aside, then renamed) and are named after the input they
+came from, so a replay overwrites instead of doubling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from pipeline.errors import LakeNotWritable
+
+DATASETS = ("risk_scores", "windows", "quarantine")
+_DATE_COLUMN = {"risk_scores": "window_start", "windows": "window_start", "quarantine": "kafka_timestamp"}
+
+
+def ensure_writable(lake: Path) -> None:
+    try:
+        lake.mkdir(parents=True, exist_ok=True)
+        probe = lake / f".probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LakeNotWritable(f"lake {lake} is not writable: {exc.strerror or exc}") from exc
+
+
+def write_dataset(lake: Path, dataset: str, table: pa.Table, batch_id: str) -> list[Path]:
+    """Write `table` split by UTC date; returns the files written."""
+    if len(table) == 0:
+        return []
+    ts = table.column(_DATE_COLUMN[dataset])
+    day = pc.strftime(ts, format="%Y-%m-%d", locale="C")
+    written = []
+    enc = pc.dictionary_encode(day).combine_chunks()
+    codes = np.asarray(enc.indices)
+    for i, date in enumerate(enc.dictionary.to_pylist()):
+        part = table.filter(pa.array(codes == i))
+        path = lake / dataset / f"date={date}" / f"part-{batch_id}.parquet"
+        _atomic_write(path, lambda tmp, part=part: pq.write_table(part, tmp, compression="zstd"))
+        written.append(path)
+    return written
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LakeNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+# --- state checkpoint ---------------------------------------------------------------------------------
+
+
+def state_dir(lake: Path, group: str) -> Path:
+    return lake / "_state" / group
+
+
+def save_state(lake: Path, group: str, tables: dict[str, pa.Table], meta: dict[str, Any]) -> None:
+    """A new generation directory, then an atomic switch of the CURRENT pointer."""
+    root = state_dir(lake, group)
+    gen = f"gen-{uuid.uuid4().hex[:12]}"
+    try:
+        (root / gen).mkdir(parents=True)
+        for name, table in tables.items():
+            with ipc.new_file(root / gen / f"{name}.arrow", table.schema) as writer:
+                writer.write_table(table)
+        (root / gen / "state.json").write_text(json.dumps(meta, indent=1))
+        tmp = root / f".CURRENT.{gen}"
+        tmp.write_text(gen)
+        os.replace(tmp, root / "CURRENT")
+    except OSError as exc:
+        raise LakeNotWritable(f"cannot write state checkpoint under {root}: {exc.strerror or exc}") from exc
+    for old in root.glob("gen-*"):
+        if old.name != gen:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(lake: Path, group: str) -> tuple[dict[str, pa.Table], dict[str, Any]] | None:
+    root = state_dir(lake, group)
+    current = root / "CURRENT"
+    if not current.exists():
+        return None
+    gen = root / current.read_text().strip()
+    tables = {}
+    for path in gen.glob("*.arrow"):
+        with ipc.open_file(path) as reader:
+            tables[path.stem] = reader.read_all()
+    return tables, json.loads((gen / "state.json").read_text())
