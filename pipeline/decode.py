@@ -10,6 +10,7 @@ ranges, key mismatch, clock skew) are the expectation suites' job in `validate`,
 from __future__ import annotations
 
 import io
+import json
 import math
 
 from itertools import compress
@@ -103,6 +104,13 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     if rows:
         table = pa.Table.from_pylist(rows, schema=contract.wire_schema(pa.string()))
         pieces.append((table, np.asarray(rows_src, dtype=np.int32)))
+    for k, (t, s) in enumerate(pieces):
+        bad, field_name = _non_finite(t)
+        if bad.any():
+            rej_src.extend(s[bad].tolist())
+            rej_reason.extend(["not_finite"] * int(bad.sum()))
+            rej_detail.extend(field_name[bad].tolist())
+            pieces[k] = (t.filter(pa.array(~bad)), s[~bad])
     parts = [_normalise(t, s, batch, contract) for t, s in pieces]
     table = pa.concat_tables(parts) if parts else _normalise(
         contract.wire_schema(pa.string()).empty_table(), np.empty(0, np.int32), batch, contract)
@@ -139,6 +147,20 @@ def _scan(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     is_iso = np.zeros(n, dtype=bool)
     is_iso[np.searchsorted(offsets, quote, side="right") - 1] = True
     return ok, is_iso
+
+
+def _non_finite(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Arrow's reader accepts NaN and Infinity literals; the contract does not (JSON has no such numbers)."""
+    bad = np.zeros(len(table), dtype=bool)
+    name = np.full(len(table), "", dtype=object)
+    for col_name in table.column_names:
+        col = table.column(col_name)
+        if pa.types.is_floating(col.type):
+            values = col.to_numpy(zero_copy_only=False)
+            here = ~np.isfinite(values) & ~np.asarray(col.is_null().to_numpy(zero_copy_only=False))
+            name[here & ~bad] = col_name
+            bad |= here
+    return bad, name
 
 
 def _decode_bulk(
@@ -180,10 +202,13 @@ def _decode_one(value: bytes | None, contract: StreamContract) -> tuple[dict[str
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         try:
-            value.decode("utf-8")
+            text = value.decode("utf-8")
         except UnicodeDecodeError:
             return None, "not_utf8", ""
-        return None, "invalid_json", str(exc)[:200]
+        try:
+            obj = json.loads(text)  # accepts NaN and Infinity, which are then reported as such below
+        except ValueError:
+            return None, "invalid_json", str(exc)[:200]
     if not isinstance(obj, dict):
         return None, "not_an_object", type(obj).__name__
     row: dict[str, Any] = {}

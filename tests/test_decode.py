@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import T0, raw_batch
+
+from pipeline.contract import stream_contract
+from pipeline.decode import FALLBACK_CHUNK, decode, parse_event_time, to_readings
+
+
+def hr(i: int, ts: object = None, **extra: object) -> bytes:
+    doc = {"patient_id": "P1", "device_id": "hr-1", "ts": T0 + i * 1000 if ts is None else ts,
+           "heart_rate_bpm": 70 + i % 5, **extra}
+    return json.dumps(doc).encode()
+
+
+def test_bulk_path_decodes_every_message_with_mixed_timestamp_formats() -> None:
+    values = [hr(i) if i % 2 else hr(i, ts=f"2026-11-22T00:00:{i % 60:02d}.500+00:00") for i in range(1000)]
+    d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
+    assert len(d.table) == 1000 and len(d.rejected_src) == 0
+    assert d.table.column("event_time").null_count == 0
+    by_src = dict(zip(d.table.column("src").to_pylist(), d.table.column("event_time").cast(pa.int64()).to_pylist(),
+                      strict=True))
+    assert by_src[1] == T0 + 1000
+    assert by_src[2] == T0 + 2500
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "empty_message"),
+        (None, "empty_message"),
+        (b'{"patient_id": "P1", "ts": 1', "invalid_json"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (b"[1, 2]", "not_an_object"),
+        (b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":"fast"}', "wrong_type"),
+        (b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":NaN}', "not_finite"),
+        (b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":-Infinity}', "not_finite"),
+        (b'{"patient_id":7,"device_id":"d","ts":1,"heart_rate_bpm":70}', "wrong_type"),
+        (b'{"patient_id":"P1","device_id":"d","ts":true,"heart_rate_bpm":70}', "wrong_type"),
+        (b"{" + b" " * 70_000 + b"}", "oversized_message"),
+    ],
+)
+def test_a_bad_message_is_isolated_with_its_reason(value: bytes | None, reason: str) -> None:
+    n = FALLBACK_CHUNK * 3
+    values: list[bytes | None] = [hr(i) for i in range(n)]
+    values[FALLBACK_CHUNK + 7] = value
+    d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
+    assert d.rejected_src.tolist() == [FALLBACK_CHUNK + 7]
+    assert d.rejected_reason == [reason]
+    assert len(d.table) == n - 1
+
+
+def test_two_objects_in_one_message_are_not_misaligned() -> None:
+    values = [hr(i) for i in range(10)]
+    values[3] = hr(3) + hr(4)  # one message, two objects: must not shift the rows
+    d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
+    assert d.rejected_src.tolist() == [3] and d.rejected_reason == ["invalid_json"]
+    src = d.table.column("src").to_pylist()
+    assert sorted(src) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_missing_fields_become_nulls_for_the_suites_and_unknown_fields_are_ignored() -> None:
+    values = [b'{"patient_id":"P1","ts":1795305600000,"heart_rate_bpm":70,"battery":80}',
+              b'{"patient_id":"P1","device_id":"d","ts":1795305600000}']
+    d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
+    rows = sorted(d.table.to_pylist(), key=lambda r: r["src"])
+    assert rows[0]["device_id"] is None and rows[0]["heart_rate_bpm"] == 70
+    assert rows[1]["heart_rate_bpm"] is None
+    assert "battery" not in d.table.column_names
+
+
+def test_glucose_in_mmol_is_converted_and_censoring_is_flagged() -> None:
+    values = [
+        b'{"patient_id":"P1","device_id":"c","ts":1795305600000,"glucose_mmol_l":5.5}',
+        b'{"patient_id":"P1","device_id":"c","ts":1795305900000,"glucose_mg_dl":40}',
+        b'{"patient_id":"P1","device_id":"c","ts":1795306200000,"glucose_mg_dl":401}',
+    ]
+    contract = stream_contract("glucose")
+    d = decode(raw_batch("glucose", values), contract)
+    r = to_readings(d.table, contract).sort_by("src")
+    assert r.column("value").to_pylist() == pytest.approx([5.5 * 18.016, 40.0, 400.0])
+    assert r.column("censored").to_pylist() == [False, True, True]
+
+
+def test_event_time_parsing() -> None:
+    ts = pa.array(["1795305600000", "2026-11-22T00:00:00Z", "2026-11-22T01:00:00+01:00",
+                   "2026-11-22T00:00:00.123456Z", "2026-11-22T00:00:00", "yesterday", None])
+    got = parse_event_time(ts).cast(pa.int64()).to_pylist()
+    assert got[:4] == [T0, T0, T0, T0 + 123]
+    assert got[4:] == [None, None, None]  # no offset, garbage, missing
+
+
+def test_key_and_provenance_columns() -> None:
+    d = decode(raw_batch("heart_rate", [hr(0), hr(1)], keys=[b"P1", b"P2"], kafka_ts=T0 + 5000),
+               stream_contract("heart_rate"))
+    t = d.table.sort_by("src")
+    assert t.column("key").to_pylist() == ["P1", "P2"]
+    assert t.column("offset").to_pylist() == [0, 1]
+    assert np.allclose(t.column("clock_skew_s").to_numpy(), [5.0, 4.0])
