@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ _NO_BROKER_HINT = (
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # kafka-python logs every reconnect attempt at ERROR; our own errors say what went wrong, once.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -128,10 +131,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, seed: int) -> int:
-    from pipeline.kafka_io import ensure_topics, produce, producer
+    from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
     from pipeline.simulate import SimulationConfig, encode, simulate
 
     kafka = settings.kafka(bootstrap)
+    check_reachable(kafka)
     ensure_topics(kafka)
     sim = simulate(SimulationConfig(patients=patients, hours=hours, seed=seed))
     prod = producer(kafka)
@@ -159,7 +163,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
-    from flows.scoring import scoring_flow
+    from flows.scoring import build_scorer, scoring_flow
+    from pipeline.kafka_io import check_reachable
+    from pipeline.sink import ensure_writable
+
+    # Expected failures surface here, as one line, before Prefect starts a run.
+    ensure_writable(settings.lake)
+    build_scorer(settings)
+    check_reachable(settings.kafka(bootstrap))
 
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)
     return result

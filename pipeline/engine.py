@@ -26,7 +26,7 @@ from pipeline import sink
 from pipeline.contract import STREAMS, readings_suite_name, stream_contract
 from pipeline.decode import RawBatch, decode, to_readings
 from pipeline.features import READINGS_SCHEMA
-from pipeline.score import MODEL_FEATURES, Scorer
+from pipeline.score import HISTORY_SCHEMA, Scorer
 from pipeline.validate import route, run_great_expectations
 from pipeline.window import WindowConfig, WindowState, step
 
@@ -44,10 +44,6 @@ QUARANTINE_SCHEMA = pa.schema(
         ("patient_id", pa.string()),
         ("quarantined_at", pa.timestamp("ms", tz="UTC")),
     ]
-)
-HISTORY_SCHEMA = pa.schema(
-    [("patient_id", pa.string()), ("window_start", pa.timestamp("ms", tz="UTC"))]
-    + [(f, pa.float64()) for f in MODEL_FEATURES]
 )
 
 

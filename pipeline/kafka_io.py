@@ -8,6 +8,7 @@ than `end_offsets()` to decide "caught up") are also right for a real cluster.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,7 +55,31 @@ class KafkaSettings:
 
 
 def _unreachable(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:
-    return BrokerUnavailable(f"Kafka broker {settings.bootstrap} unreachable: {type(exc).__name__}: {exc}")
+    return BrokerUnavailable(f"Kafka broker {settings.bootstrap} unreachable: {exc}")
+
+
+def check_reachable(settings: KafkaSettings) -> None:
+    """Fail fast, in one line, when no bootstrap address accepts a TCP connection."""
+    errors = []
+    deadline = time.monotonic() + settings.connect_timeout_s
+    for address in settings.bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise BrokerUnavailable(f"bad Kafka bootstrap address {address!r}: expected host:port")
+        while True:
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+                    return
+            except OSError as exc:
+                last = exc.strerror or str(exc)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        errors.append(f"{address}: {last}")
+    raise BrokerUnavailable(
+        f"cannot reach Kafka broker at {settings.bootstrap} within {settings.connect_timeout_s:.0f} s "
+        f"({'; '.join(errors)})"
+    )
 
 
 def ensure_topics(settings: KafkaSettings) -> None:

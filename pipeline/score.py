@@ -28,6 +28,17 @@ MODEL_FEATURES: list[str] = [
 ]
 
 
+HISTORY_SCHEMA = pa.schema(
+    [("patient_id", pa.string()), ("window_start", pa.timestamp("ms", tz="UTC"))]
+    + [(f, pa.float64()) for f in MODEL_FEATURES]
+)
+
+
+def model_inputs(windows: pa.Table) -> pa.Table:
+    """The columns the model reads, as floats: what the flow keeps per patient as scoring context."""
+    return windows.select(HISTORY_SCHEMA.names).cast(HISTORY_SCHEMA)
+
+
 @dataclass(frozen=True)
 class RiskLevels:
     """Calibrated probability cut-offs for `risk_level`."""
@@ -104,9 +115,7 @@ class Scorer:
 
     def score(self, history: pa.Table, closed: pa.Table, window_ms: int) -> tuple[pa.Table, pa.Table]:
         """Score `closed` windows with context from `history`; returns (risk_scores, new history)."""
-        context = pa.concat_tables([history, closed.select(history.column_names)]) if len(history) else closed.select(
-            ["patient_id", "window_start", *MODEL_FEATURES]
-        )
+        context = pa.concat_tables([history.cast(HISTORY_SCHEMA), model_inputs(closed)])
         ctx_x = feature_matrix(context, self.center, self.scale)
         x, present = sequences(context, ctx_x, closed, window_ms, self.length)
         p = self.predict(x)
