@@ -1,0 +1,50 @@
+"""A non-editable install must carry the data the code reads: schemas and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.contract import output_schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_wheel_contains_schemas_and_checkpoint(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("vitalstream-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for stream in ("glucose", "heart_rate", "respiration", "fall"):
+        assert f"schemas/streams/{stream}.json" in names
+        assert f"schemas/expectations/{stream}_readings.json" in names
+    assert "schemas/expectations/windows.json" in names
+    assert "schemas/outputs.json" in names
+    assert "models/checkpoints/risk_lstm.pt" in names
+    assert "pipeline/cli.py" in names and "flows/scoring.py" in names
+
+
+def test_readme_documents_every_output_column() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for dataset, columns in output_schemas().items():
+        for col in columns:
+            assert f"`{col['name']}`" in readme, (dataset, col["name"])
+
+
+def test_documented_columns_match_what_the_engine_writes(tiny_checkpoint: Path) -> None:
+    from models.lstm import load_checkpoint
+    from pipeline.engine import QUARANTINE_SCHEMA
+    from pipeline.features import window_columns
+    from pipeline.score import Scorer
+
+    docs = {name: {c["name"] for c in cols} - {"date"} for name, cols in output_schemas().items()}
+    assert docs["windows"] == {*window_columns(), "dq_failure"}
+    assert docs["quarantine"] == set(QUARANTINE_SCHEMA.names)
+    from pipeline.engine import _empty_scores
+
+    assert docs["risk_scores"] == set(_empty_scores(Scorer(load_checkpoint(tiny_checkpoint))).column_names)
