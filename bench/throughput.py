@@ -48,9 +48,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
+    from pipeline.simulate import SimulationConfig, encode, simulate
+
     from pipeline.broker import EmbeddedBroker
     from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-    from pipeline.simulate import SimulationConfig, encode, simulate
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(broker.bootstrap, partitions=args.partitions)
@@ -60,14 +61,27 @@ def main() -> None:
         prod = producer(kafka)
         sent = sum(produce(prod, kafka, chunk) for chunk in encode(sim))
         prod.close()
-        print(f"produced {sent:,} messages ({args.patients:,} patients x {args.hours} h) "
-              f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"produced {sent:,} messages ({args.patients:,} patients x {args.hours} h) "
+            f"in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
-        bare = float(subprocess.run([sys.executable, "-c", BARE, broker.bootstrap, str(sent)],
-                                    check=True, capture_output=True, text=True).stdout.strip())
+        bare = float(
+            subprocess.run(
+                [sys.executable, "-c", BARE, broker.bootstrap, str(sent)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
 
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-               "VITALSTREAM_PARTITIONS": str(args.partitions)}
+        env = {
+            **os.environ,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "VITALSTREAM_PARTITIONS": str(args.partitions),
+        }
         summary_file = Path(tmp) / "summary.json"
         code = (
             "import json, sys\n"
@@ -77,8 +91,11 @@ def main() -> None:
             "json.dump(scoring_flow(s, sys.argv[1], mode='drain'), open(sys.argv[3], 'w'), default=str)\n"
         )
         w0 = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", code, broker.bootstrap, str(Path(tmp) / "lake"),
-                                  str(summary_file)], env=env, cwd=ROOT)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, broker.bootstrap, str(Path(tmp) / "lake"), str(summary_file)],
+            env=env,
+            cwd=ROOT,
+        )
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode:
@@ -89,13 +106,15 @@ def main() -> None:
         e2e = s["consumed"] / s["seconds"]
         print()
         print(f"{'bare kafka-python consumer':<38}{bare:>12,.0f} messages/s")
-        print(f"{'end to end (decode..Parquet, in flow)':<38}{e2e:>12,.0f} readings/s   "
-              f"({e2e / bare:.2f} x bare)")
-        print(f"{'end to end incl. Prefect start-up':<38}{s['consumed'] / wall:>12,.0f} readings/s   "
-              f"(wall {wall:.1f} s)")
+        print(f"{'end to end (decode..Parquet, in flow)':<38}{e2e:>12,.0f} readings/s   ({e2e / bare:.2f} x bare)")
+        print(
+            f"{'end to end incl. Prefect start-up':<38}{s['consumed'] / wall:>12,.0f} readings/s   (wall {wall:.1f} s)"
+        )
         print(f"{'peak RSS of the scoring process':<38}{peak_kib / 1024:>12,.0f} MiB")
-        print(f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "
-              f"{sum(s['quarantined'].values()):,}   balanced={s['balanced']}")
+        print(
+            f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "
+            f"{sum(s['quarantined'].values()):,}   balanced={s['balanced']}"
+        )
 
 
 if __name__ == "__main__":

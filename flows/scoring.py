@@ -42,13 +42,22 @@ class RunSummary:
     def balanced(self) -> bool:
         """consumed = windowed + duplicates + quarantined + change in readings waiting in open windows."""
         r = self.run
-        return r.consumed == r.windowed + r.duplicates + r.quarantined_total + (self.pending_after - self.pending_before)
+        return r.consumed == r.windowed + r.duplicates + r.quarantined_total + (
+            self.pending_after - self.pending_before
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id, "mode": self.mode, "batches": self.batches, "seconds": round(self.seconds, 2),
-            **self.run.as_dict(), "pending_before": self.pending_before, "pending_after": self.pending_after,
-            "balanced": self.balanced, "quality": self.quality, "lake": self.lake,
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 2),
+            **self.run.as_dict(),
+            "pending_before": self.pending_before,
+            "pending_after": self.pending_after,
+            "balanced": self.balanced,
+            "quality": self.quality,
+            "lake": self.lake,
         }
 
 
@@ -79,7 +88,10 @@ def validate_quality(engine: Engine, run_id: str) -> dict[str, Any]:
 
 @flow(name="vitalstream-scoring", validate_parameters=False)
 def scoring_flow(
-    settings: Settings, bootstrap: str, mode: Mode = "until-idle", progress: bool = False,
+    settings: Settings,
+    bootstrap: str,
+    mode: Mode = "until-idle",
+    progress: bool = False,
     max_idle_polls: int = 40,
 ) -> dict[str, Any]:
     """Consume the four topics, score closed windows, write the lake; returns the run summary."""
@@ -87,8 +99,10 @@ def scoring_flow(
     kafka = settings.kafka(bootstrap)
     ensure_writable(settings.lake)
     prepare_topics(kafka)
-    engine = Engine(EngineConfig(settings.lake, settings.group, settings.window(), settings.quality_sample_rows),
-                    build_scorer(settings))
+    engine = Engine(
+        EngineConfig(settings.lake, settings.group, settings.window(), settings.quality_sample_rows),
+        build_scorer(settings),
+    )
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     consumer = StreamConsumer(kafka, settings.group, settings.max_batch_records)
     consumer.resume_from(engine.offsets)
@@ -125,11 +139,25 @@ def scoring_flow(
         if bar is not None:
             bar.close()
     quality = validate_quality(engine, run_id)
-    summary = RunSummary(run_id, mode, batches, time.perf_counter() - started, run, pending_before,
-                         engine.pending, quality, str(settings.lake))
+    summary = RunSummary(
+        run_id,
+        mode,
+        batches,
+        time.perf_counter() - started,
+        run,
+        pending_before,
+        engine.pending,
+        quality,
+        str(settings.lake),
+    )
     logger.info(
         "consumed %d, windowed %d, duplicates %d, quarantined %d, windows %d, pending %d, balanced=%s",
-        run.consumed, run.windowed, run.duplicates, run.quarantined_total, run.windows, engine.pending,
+        run.consumed,
+        run.windowed,
+        run.duplicates,
+        run.quarantined_total,
+        run.windows,
+        engine.pending,
         summary.balanced,
     )
     return summary.as_dict()

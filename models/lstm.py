@@ -34,7 +34,10 @@ class RiskLSTM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.lstm = nn.LSTM(
-            cfg.n_features, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+            cfg.n_features,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
         self.head = nn.Linear(cfg.hidden, len(cfg.heads))

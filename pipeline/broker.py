@@ -50,7 +50,9 @@ class EmbeddedBroker:
         try:
             self.proc = subprocess.Popen(
                 [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop the broker ourselves
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             )

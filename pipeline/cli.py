@@ -71,10 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--lake", type=Path, help="output directory (default ./lake)")
     r.add_argument("--group", help="consumer group (default vitalstream-scoring)")
     mode = r.add_mutually_exclusive_group()
-    mode.add_argument("--until-idle", dest="mode", action="store_const", const="until-idle",
-                      help="stop once caught up with the topics (default)")
-    mode.add_argument("--drain", dest="mode", action="store_const", const="drain",
-                      help="as --until-idle, then close every open window (finished recordings)")
+    mode.add_argument(
+        "--until-idle",
+        dest="mode",
+        action="store_const",
+        const="until-idle",
+        help="stop once caught up with the topics (default)",
+    )
+    mode.add_argument(
+        "--drain",
+        dest="mode",
+        action="store_const",
+        const="drain",
+        help="as --until-idle, then close every open window (finished recordings)",
+    )
     mode.add_argument("--follow", dest="mode", action="store_const", const="follow", help="keep running")
     r.set_defaults(handler=cmd_run, mode="until-idle")
 
@@ -112,8 +122,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with EmbeddedBroker(port=args.port, host=args.host) as broker:
-        print(f"broker listening; bootstrap address: {broker.bootstrap}  (Ctrl-C to stop; storage is in memory)",
-              flush=True)
+        print(
+            f"broker listening; bootstrap address: {broker.bootstrap}  (Ctrl-C to stop; storage is in memory)",
+            flush=True,
+        )
         while not stop.wait(0.5):
             if broker.proc is not None and broker.proc.poll() is not None:
                 raise VitalStreamError(f"broker exited with code {broker.proc.returncode}; log: {broker.log_path}")
@@ -172,7 +184,7 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
     build_scorer(settings)
     check_reachable(settings.kafka(bootstrap))
 
-    result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)
+    result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     return result
 
 
@@ -194,8 +206,7 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
 
     q = s["quarantined"]
     rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
-    print(f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s "
-          f"({rate:,.0f} messages/s)")
+    print(f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s ({rate:,.0f} messages/s)")
     print(f"  consumed      {s['consumed']:>10,}")
     print(f"  in windows    {s['windowed']:>10,}   ({s['windows']:,} windows scored)")
     print(f"  duplicates    {s['duplicates']:>10,}")
@@ -212,7 +223,7 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
         for pid, end, score, level in rows:
             print(f"  {pid:<12} {end:%Y-%m-%d %H:%M} UTC  risk {score:.3f}  {level}")
     print(f"\noutputs under {settings.lake.resolve()}/: risk_scores/, windows/, quarantine/ (Parquet, by date)")
-    print(f"  try: vitalstream query \"SELECT risk_level, count(*) FROM risk_scores GROUP BY 1\" --lake {settings.lake}")
+    print(f'  try: vitalstream query "SELECT risk_level, count(*) FROM risk_scores GROUP BY 1" --lake {settings.lake}')
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -15,8 +15,15 @@ from pipeline.score import RiskLevels
 from pipeline.window import WindowConfig
 
 _SECURITY_KEYS = (
-    "security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_check_hostname",
-    "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "security_protocol",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
 )
 
 
@@ -43,8 +50,11 @@ class Settings:
         if not address:
             raise ConfigError("no Kafka bootstrap address (set --bootstrap or VITALSTREAM_BOOTSTRAP)")
         return KafkaSettings(
-            bootstrap=address, topic_prefix=self.topic_prefix, partitions=self.partitions,
-            connect_timeout_s=self.connect_timeout_s, security=dict(self.kafka_security),
+            bootstrap=address,
+            topic_prefix=self.topic_prefix,
+            partitions=self.partitions,
+            connect_timeout_s=self.connect_timeout_s,
+            security=dict(self.kafka_security),
         )
 
     def window(self) -> WindowConfig:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 import json
 import math
-
-from itertools import compress
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,7 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     slow: list[np.ndarray] = [np.flatnonzero(~ok_mask).astype(np.int32)]
     for ts_type, mask in ((pa.string(), is_iso & ok_mask), (pa.int64(), ~is_iso & ok_mask)):
         if mask.any():
-            group = list(compress(batch.values, mask.tolist()))
+            group: list[bytes] = list(compress(batch.values, mask.tolist()))  # type: ignore[arg-type]
             _decode_bulk(group, np.flatnonzero(mask).astype(np.int32), contract.wire_schema(ts_type), pieces, slow)
 
     rows: list[dict[str, Any]] = []
@@ -112,8 +111,11 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
             rej_detail.extend(field_name[bad].tolist())
             pieces[k] = (t.filter(pa.array(~bad)), s[~bad])
     parts = [_normalise(t, s, batch, contract) for t, s in pieces]
-    table = pa.concat_tables(parts) if parts else _normalise(
-        contract.wire_schema(pa.string()).empty_table(), np.empty(0, np.int32), batch, contract)
+    table = (
+        pa.concat_tables(parts)
+        if parts
+        else _normalise(contract.wire_schema(pa.string()).empty_table(), np.empty(0, np.int32), batch, contract)
+    )
     if len(table) + len(rej_src) != n:
         raise AssertionError("decoder lost track of messages")  # an invariant, not an input error
     return Decoded(
@@ -164,7 +166,11 @@ def _non_finite(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_bulk(
-    lines: list[bytes], src: np.ndarray, wire: pa.Schema, out: list[tuple[pa.Table, np.ndarray]], slow: list[np.ndarray]
+    lines: list[bytes],
+    src: np.ndarray,
+    wire: pa.Schema,
+    out: list[tuple[pa.Table, np.ndarray]],
+    slow: list[np.ndarray],
 ) -> None:
     if not lines:
         return
@@ -269,10 +275,7 @@ def _parse_iso(s: str | None) -> datetime | None:
 def _normalise(table: pa.Table, src: np.ndarray, batch: RawBatch, contract: StreamContract) -> pa.Table:
     """Add the canonical value, event time, the Kafka key and provenance columns."""
     ts = table.column("ts")
-    if pa.types.is_integer(ts.type):
-        event_time = pc.cast(ts, pa.timestamp("ms", tz="UTC"))
-    else:
-        event_time = parse_event_time(ts)
+    event_time = pc.cast(ts, pa.timestamp("ms", tz="UTC")) if pa.types.is_integer(ts.type) else parse_event_time(ts)
     table = table.drop_columns(["ts"])
     kafka_ts = pa.array(batch.timestamps_ms[src], pa.int64())
     skew_s = pc.divide(pc.subtract(kafka_ts, event_time.cast(pa.int64())).cast(pa.float64()), 1000.0)
@@ -298,7 +301,9 @@ def _valid_utf8(arr: pa.Array) -> pa.Array:
         return arr
     except pa.ArrowInvalid:
         # A key that is not UTF-8 cannot equal a patient id: keep it visible as a replacement string.
-        return pa.array([None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()])
+        return pa.array(
+            [None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()]
+        )
 
 
 def to_readings(table: pa.Table, contract: StreamContract) -> pa.Table:

@@ -70,8 +70,12 @@ class Totals:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "consumed": self.consumed, "windowed": self.windowed, "duplicates": self.duplicates,
-            "quarantined": dict(self.quarantined), "windows": self.windows, "scored": self.scored,
+            "consumed": self.consumed,
+            "windowed": self.windowed,
+            "duplicates": self.duplicates,
+            "quarantined": dict(self.quarantined),
+            "windows": self.windows,
+            "scored": self.scored,
         }
 
 
@@ -112,8 +116,14 @@ class Engine:
             self.state.watermark_ms = meta["watermark_ms"]
             self.offsets = {k: int(v) for k, v in meta["offsets"].items()}
             t = meta["totals"]
-            self.totals = Totals(t["consumed"], t["windowed"], t["duplicates"], Counter(t["quarantined"]),
-                                 t["windows"], t["scored"])
+            self.totals = Totals(
+                t["consumed"],
+                t["windowed"],
+                t["duplicates"],
+                Counter(t["quarantined"]),
+                t["windows"],
+                t["scored"],
+            )
 
     @property
     def pending(self) -> int:
@@ -129,7 +139,9 @@ class Engine:
         for batch in batches:
             contract = stream_contract(batch.stream)
             decoded = decode(batch, contract)
-            quarantine.append(_quarantine(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail))
+            quarantine.append(
+                _quarantine(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail)
+            )
             suite = readings_suite_name(batch.stream)
             routing = route(decoded.table, suite)
             self.quality.add(suite, decoded.table, routing.failed)
@@ -160,8 +172,9 @@ class Engine:
             self.quality.add("windows", windows, routing.failed)
             windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
             scores, context = self.scorer.score(self.history, windows, self.cfg.window.window_ms)
-            self.history = _prune_stale(context, self.state.watermark_ms, self.cfg.window.window_ms,
-                                        self.scorer.length).cast(HISTORY_SCHEMA)
+            self.history = _prune_stale(
+                context, self.state.watermark_ms, self.cfg.window.window_ms, self.scorer.length
+            ).cast(HISTORY_SCHEMA)
         else:
             scores = _empty_scores(self.scorer)
             windows = windows.append_column("dq_failure", pa.array([], pa.string()))
@@ -228,11 +241,18 @@ class QualitySample:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1, default=str))
             failed = {
-                f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}":
-                r["result"].get("unexpected_count", 0)
-                for r in result["results"] if not r["success"]
+                f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}": r[
+                    "result"
+                ].get("unexpected_count", 0)
+                for r in result["results"]
+                if not r["success"]
             }
-            summaries[suite] = {"rows": len(table), "success": result["success"], "failed": failed, "path": str(path)}
+            summaries[suite] = {
+                "rows": len(table),
+                "success": result["success"],
+                "failed": failed,
+                "path": str(path),
+            }
         self.tables.clear()
         self.rows.clear()
         return summaries
@@ -266,7 +286,9 @@ def _batch_id(batches: list[RawBatch]) -> str:
     """Named after the input: the same offsets give the same file names, so a replay overwrites."""
     parts = sorted(
         f"{b.topic}:{p}:{int(b.offsets[b.partitions == p].min())}-{int(b.offsets[b.partitions == p].max())}"
-        for b in batches if len(b) for p in np.unique(b.partitions).tolist()
+        for b in batches
+        if len(b)
+        for p in np.unique(b.partitions).tolist()
     )
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20] if parts else "drain"
 

@@ -39,7 +39,13 @@ def window_columns() -> list[str]:
     cols = ["patient_id", "window_start", "window_end", "reading_count"]
     for stream, prefix in VITALS.items():
         cols += [f"{prefix}_{s}" for s in STATS] + [f"{stream}_count", f"{stream}_present"]
-    cols += ["glucose_censored_count", "fall_count", "fall_confidence_max", "fall_impact_g_max", "fall_present"]
+    cols += [
+        "glucose_censored_count",
+        "fall_count",
+        "fall_confidence_max",
+        "fall_impact_g_max",
+        "fall_present",
+    ]
     return cols
 
 
@@ -129,7 +135,9 @@ def window_features(readings: pa.Table, window_ms: int) -> pa.Table:
     out["glucose_censored_count"] = col
 
     fall = g_stream == _STREAM_CODE["fall"]
-    conf = np.nan_to_num(readings.column("fall_confidence").to_numpy(zero_copy_only=False)[order].astype(float), nan=-1.0)
+    conf = np.nan_to_num(
+        readings.column("fall_confidence").to_numpy(zero_copy_only=False)[order].astype(float), nan=-1.0
+    )
     impact = np.nan_to_num(readings.column("impact_g").to_numpy(zero_copy_only=False)[order].astype(float), nan=-1.0)
     detected = (value > 0.5).astype(np.float64)
     fall_count = np.zeros(m, np.int32)

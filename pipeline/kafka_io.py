@@ -7,6 +7,7 @@ than `end_offsets()` to decide "caught up") are also right for a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -92,13 +93,11 @@ def ensure_topics(settings: KafkaSettings) -> None:
         existing = set(admin.list_topics())
         missing = [t for t in settings.topics() if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing],
                     timeout_ms=int(settings.connect_timeout_s * 1000),
                 )
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -121,7 +120,9 @@ def producer(settings: KafkaSettings) -> KafkaProducer:
 
 
 def produce(
-    prod: KafkaProducer, settings: KafkaSettings, messages: Iterable[tuple[str, bytes | None, bytes | None, int]]
+    prod: KafkaProducer,
+    settings: KafkaSettings,
+    messages: Iterable[tuple[str, bytes | None, bytes | None, int]],
 ) -> int:
     """Send (stream, key, value, timestamp_ms) tuples; returns how many were sent (after a flush)."""
     n = 0
@@ -185,8 +186,9 @@ class StreamConsumer:
         by_topic: dict[str, list[Any]] = {}
         total = 0
         while total < self.max_batch_records:
-            got = self.consumer.poll(timeout_ms=timeout_ms if total == 0 else 0,
-                                     max_records=self.max_batch_records - total)
+            got = self.consumer.poll(
+                timeout_ms=timeout_ms if total == 0 else 0, max_records=self.max_batch_records - total
+            )
             if not got:
                 break
             for tp, records in got.items():
@@ -232,4 +234,3 @@ class StreamConsumer:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
-

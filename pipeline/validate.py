@@ -53,7 +53,9 @@ def route(table: pa.Table, suite_name: str) -> Routing:
         bad = unexpected_mask(table, exp["type"], exp["kwargs"])
         new = bad & ~failed
         if new.any():
-            label = exp["type"] + ":" + str(exp["kwargs"].get("column") or ",".join(exp["kwargs"].get("column_list", [])))
+            label = (
+                exp["type"] + ":" + str(exp["kwargs"].get("column") or ",".join(exp["kwargs"].get("column_list", [])))
+            )
             reason[new] = exp.get("meta", {}).get("quarantine_reason", label)
             which[new] = exp["type"]
             failed |= new

@@ -12,8 +12,13 @@ from pipeline.decode import FALLBACK_CHUNK, decode, parse_event_time, to_reading
 
 
 def hr(i: int, ts: object = None, **extra: object) -> bytes:
-    doc = {"patient_id": "P1", "device_id": "hr-1", "ts": T0 + i * 1000 if ts is None else ts,
-           "heart_rate_bpm": 70 + i % 5, **extra}
+    doc = {
+        "patient_id": "P1",
+        "device_id": "hr-1",
+        "ts": T0 + i * 1000 if ts is None else ts,
+        "heart_rate_bpm": 70 + i % 5,
+        **extra,
+    }
     return json.dumps(doc).encode()
 
 
@@ -22,8 +27,13 @@ def test_bulk_path_decodes_every_message_with_mixed_timestamp_formats() -> None:
     d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
     assert len(d.table) == 1000 and len(d.rejected_src) == 0
     assert d.table.column("event_time").null_count == 0
-    by_src = dict(zip(d.table.column("src").to_pylist(), d.table.column("event_time").cast(pa.int64()).to_pylist(),
-                      strict=True))
+    by_src = dict(
+        zip(
+            d.table.column("src").to_pylist(),
+            d.table.column("event_time").cast(pa.int64()).to_pylist(),
+            strict=True,
+        )
+    )
     assert by_src[1] == T0 + 1000
     assert by_src[2] == T0 + 2500
 
@@ -64,8 +74,10 @@ def test_two_objects_in_one_message_are_not_misaligned() -> None:
 
 
 def test_missing_fields_become_nulls_for_the_suites_and_unknown_fields_are_ignored() -> None:
-    values = [b'{"patient_id":"P1","ts":1795305600000,"heart_rate_bpm":70,"battery":80}',
-              b'{"patient_id":"P1","device_id":"d","ts":1795305600000}']
+    values = [
+        b'{"patient_id":"P1","ts":1795305600000,"heart_rate_bpm":70,"battery":80}',
+        b'{"patient_id":"P1","device_id":"d","ts":1795305600000}',
+    ]
     d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
     rows = sorted(d.table.to_pylist(), key=lambda r: r["src"])
     assert rows[0]["device_id"] is None and rows[0]["heart_rate_bpm"] == 70
@@ -87,16 +99,27 @@ def test_glucose_in_mmol_is_converted_and_censoring_is_flagged() -> None:
 
 
 def test_event_time_parsing() -> None:
-    ts = pa.array(["1795305600000", "2026-11-22T00:00:00Z", "2026-11-22T01:00:00+01:00",
-                   "2026-11-22T00:00:00.123456Z", "2026-11-22T00:00:00", "yesterday", None])
+    ts = pa.array(
+        [
+            "1795305600000",
+            "2026-11-22T00:00:00Z",
+            "2026-11-22T01:00:00+01:00",
+            "2026-11-22T00:00:00.123456Z",
+            "2026-11-22T00:00:00",
+            "yesterday",
+            None,
+        ]
+    )
     got = parse_event_time(ts).cast(pa.int64()).to_pylist()
     assert got[:4] == [T0, T0, T0, T0 + 123]
     assert got[4:] == [None, None, None]  # no offset, garbage, missing
 
 
 def test_key_and_provenance_columns() -> None:
-    d = decode(raw_batch("heart_rate", [hr(0), hr(1)], keys=[b"P1", b"P2"], kafka_ts=T0 + 5000),
-               stream_contract("heart_rate"))
+    d = decode(
+        raw_batch("heart_rate", [hr(0), hr(1)], keys=[b"P1", b"P2"], kafka_ts=T0 + 5000),
+        stream_contract("heart_rate"),
+    )
     t = d.table.sort_by("src")
     assert t.column("key").to_pylist() == ["P1", "P2"]
     assert t.column("offset").to_pylist() == [0, 1]

@@ -20,8 +20,9 @@ def messages(minutes: range, patient: str = "P1") -> tuple[list[bytes | None], l
     for m in minutes:
         for s in range(0, 60, 10):
             ts = T0 + m * MIN + s * 1000
-            values.append(json.dumps({"patient_id": patient, "device_id": "hr", "ts": ts,
-                                      "heart_rate_bpm": 70 + m % 7}).encode())
+            values.append(
+                json.dumps({"patient_id": patient, "device_id": "hr", "ts": ts, "heart_rate_bpm": 70 + m % 7}).encode()
+            )
     keys: list[bytes | None] = [patient.encode()] * len(values)
     kafka_ts = [T0 + m * MIN + s * 1000 for m in minutes for s in range(0, 60, 10)]
     return values, keys, kafka_ts
@@ -59,8 +60,15 @@ def test_accounting_outputs_and_resume(tmp_path: Path, tiny_checkpoint: Path) ->
     assert out2.counts.quarantined == {"late": len(late_v)}
     assert e2.pending == 0
     scores = pq.read_table(tmp_path / "risk_scores")
-    assert {"patient_id", "window_start", "window_end", "risk_score", "risk_level", "model_version",
-            "scored_at"} <= set(scores.column_names)
+    assert {
+        "patient_id",
+        "window_start",
+        "window_end",
+        "risk_score",
+        "risk_level",
+        "model_version",
+        "scored_at",
+    } <= set(scores.column_names)
 
 
 def test_scores_use_the_patients_previous_windows_as_context(tmp_path: Path, tiny_checkpoint: Path) -> None:

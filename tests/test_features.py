@@ -13,21 +13,44 @@ def table(rows: list[dict[str, object]]) -> pa.Table:
     base = {"device_id": "d", "fall_confidence": None, "impact_g": None, "censored": False}
     rows = [{**base, **r} for r in rows]
     t = pa.Table.from_pylist(rows)
-    return t.set_column(t.schema.get_field_index("event_time"), "event_time",
-                        t.column("event_time").cast(pa.timestamp("ms", tz="UTC")))
+    return t.set_column(
+        t.schema.get_field_index("event_time"),
+        "event_time",
+        t.column("event_time").cast(pa.timestamp("ms", tz="UTC")),
+    )
 
 
 def test_mean_min_max_last_count_and_slope() -> None:
-    t = table([
-        {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 3 * MIN, "value": 76.0},
-        {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 1 * MIN, "value": 72.0},
-        {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 2 * MIN, "value": 74.0},
-        {"patient_id": "P1", "stream": "glucose", "event_time": T0 + 2 * MIN, "value": 40.0, "censored": True},
-        {"patient_id": "P2", "stream": "fall", "event_time": T0 + 4 * MIN, "value": 1.0,
-         "fall_confidence": 0.9, "impact_g": 3.5},
-        {"patient_id": "P2", "stream": "fall", "event_time": T0 + 4 * MIN + 1, "value": 0.0,
-         "fall_confidence": 0.2, "impact_g": None},
-    ])
+    t = table(
+        [
+            {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 3 * MIN, "value": 76.0},
+            {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 1 * MIN, "value": 72.0},
+            {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 2 * MIN, "value": 74.0},
+            {
+                "patient_id": "P1",
+                "stream": "glucose",
+                "event_time": T0 + 2 * MIN,
+                "value": 40.0,
+                "censored": True,
+            },
+            {
+                "patient_id": "P2",
+                "stream": "fall",
+                "event_time": T0 + 4 * MIN,
+                "value": 1.0,
+                "fall_confidence": 0.9,
+                "impact_g": 3.5,
+            },
+            {
+                "patient_id": "P2",
+                "stream": "fall",
+                "event_time": T0 + 4 * MIN + 1,
+                "value": 0.0,
+                "fall_confidence": 0.2,
+                "impact_g": None,
+            },
+        ]
+    )
     w = {r["patient_id"]: r for r in window_features(t, 5 * MIN).to_pylist()}
     assert set(window_features(t, 5 * MIN).column_names) == set(window_columns())
     p1 = w["P1"]
@@ -44,8 +67,11 @@ def test_mean_min_max_last_count_and_slope() -> None:
 
 
 def test_windows_are_separate_per_patient_and_time() -> None:
-    rows = [{"patient_id": f"P{p}", "stream": "respiration", "event_time": T0 + m * MIN, "value": float(m)}
-            for p in range(3) for m in range(12)]
+    rows = [
+        {"patient_id": f"P{p}", "stream": "respiration", "event_time": T0 + m * MIN, "value": float(m)}
+        for p in range(3)
+        for m in range(12)
+    ]
     w = window_features(table(rows), 5 * MIN)
     assert len(w) == 9
     assert w.column("respiration_count").to_pylist().count(5) == 6

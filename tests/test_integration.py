@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from pipeline.simulate import SimulationConfig, encode, simulate
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,9 @@ def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None,
     from flows.scoring import scoring_flow
 
     prefix = "it1."
-    produced = produce_simulation(broker.bootstrap, prefix,
-                                  SimulationConfig(patients=12, hours=1.0, seed=11, malformed_rate=0.01))
+    produced = produce_simulation(
+        broker.bootstrap, prefix, SimulationConfig(patients=12, hours=1.0, seed=11, malformed_rate=0.01)
+    )
     settings = Settings(topic_prefix=prefix, lake=tmp_path / "lake", group="it1")
 
     s = scoring_flow(settings, broker.bootstrap, mode="drain")
@@ -81,8 +82,7 @@ def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None,
     assert s["quality"] and all(r["rows"] > 0 for r in s["quality"].values())
 
     # Produce more and run again in the same group: only the new messages are read.
-    more = produce_simulation(broker.bootstrap, prefix, SimulationConfig(patients=3, hours=0.2, seed=12,
-                                                                        start_ms=None))
+    more = produce_simulation(broker.bootstrap, prefix, SimulationConfig(patients=3, hours=0.2, seed=12, start_ms=None))
     s2 = scoring_flow(settings, broker.bootstrap, mode="until-idle")
     assert s2["consumed"] == more and s2["balanced"]
 
@@ -90,8 +90,13 @@ def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None,
 def test_cli_reports_an_unreachable_broker_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "VITALSTREAM_CONNECT_TIMEOUT_S": "2"}
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", "127.0.0.1:9",
-                        "--lake", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 3
     assert r.stderr.strip().count("\n") == 0 and "127.0.0.1:9" in r.stderr
     assert time.monotonic() - t0 < 30
@@ -100,6 +105,19 @@ def test_cli_reports_an_unreachable_broker_in_one_line(tmp_path: Path) -> None:
 def test_cli_reports_an_unwritable_lake(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", "127.0.0.1:9",
-                        "--lake", str(blocker / "lake")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--bootstrap",
+            "127.0.0.1:9",
+            "--lake",
+            str(blocker / "lake"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 4 and "not writable" in r.stderr

@@ -16,8 +16,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.integration
 def test_wheel_contains_schemas_and_checkpoint(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("vitalstream-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for stream in ("glucose", "heart_rate", "respiration", "fall"):

@@ -18,8 +18,12 @@ def messy_heart_rate(n: int = 400, seed: int = 1) -> pa.Table:
     rng = np.random.default_rng(seed)
     values, keys, kafka_ts = [], [], []
     for i in range(n):
-        doc: dict[str, object] = {"patient_id": f"P{i % 7}", "device_id": f"hr-{i % 7}", "ts": T0 + i * 1000,
-                                  "heart_rate_bpm": float(rng.normal(80, 60))}
+        doc: dict[str, object] = {
+            "patient_id": f"P{i % 7}",
+            "device_id": f"hr-{i % 7}",
+            "ts": T0 + i * 1000,
+            "heart_rate_bpm": float(rng.normal(80, 60)),
+        }
         roll = rng.random()
         if roll < 0.05:
             del doc["device_id"]
@@ -59,8 +63,15 @@ def test_route_reports_the_first_failing_expectation() -> None:
     table = messy_heart_rate().drop_columns(["src"])
     r = route(table, "heart_rate_readings")
     reasons = set(r.reason[r.failed].tolist())
-    assert {"missing_device_id", "bad_patient_id", "missing_value", "bad_timestamp", "key_mismatch",
-            "timestamp_out_of_bounds", "heart_rate_out_of_range"} <= reasons
+    assert {
+        "missing_device_id",
+        "bad_patient_id",
+        "missing_value",
+        "bad_timestamp",
+        "key_mismatch",
+        "timestamp_out_of_bounds",
+        "heart_rate_out_of_range",
+    } <= reasons
     assert all(x is None for x in r.reason[~r.failed])
 
 

@@ -12,8 +12,9 @@ from pipeline.features import READINGS_SCHEMA
 from pipeline.window import WindowConfig, WindowState, step
 
 MIN = 60_000
-CFG = WindowConfig(window=timedelta(minutes=5), allowed_lateness=timedelta(minutes=2),
-                   idle_timeout=timedelta(minutes=10))
+CFG = WindowConfig(
+    window=timedelta(minutes=5), allowed_lateness=timedelta(minutes=2), idle_timeout=timedelta(minutes=10)
+)
 
 
 def readings(rows: list[tuple[str, str, int, float]], source: str = "vitals.heart_rate:0") -> pa.Table:
@@ -41,8 +42,13 @@ def starts(windows: pa.Table) -> list[int]:
 
 def test_window_edges_are_half_open_and_epoch_aligned() -> None:
     state = WindowState()
-    r = readings([("P1", "heart_rate", T0 + 5 * MIN - 1, 60), ("P1", "heart_rate", T0 + 5 * MIN, 90),
-                  ("P1", "heart_rate", T0 + 30 * MIN, 70)])
+    r = readings(
+        [
+            ("P1", "heart_rate", T0 + 5 * MIN - 1, 60),
+            ("P1", "heart_rate", T0 + 5 * MIN, 90),
+            ("P1", "heart_rate", T0 + 30 * MIN, 70),
+        ]
+    )
     s = step(state, r, CFG)
     assert starts(s.windows) == [T0, T0 + 5 * MIN]
     assert s.windows.column("heart_rate_bpm_mean").to_pylist() == [60, 90]
@@ -70,8 +76,13 @@ def test_out_of_order_within_lateness_is_kept_and_late_is_flagged() -> None:
 
 def test_exact_duplicates_are_dropped_against_the_batch_and_the_buffer() -> None:
     state = WindowState()
-    r = readings([("P1", "heart_rate", T0 + MIN, 60), ("P1", "heart_rate", T0 + MIN, 60),
-                  ("P1", "respiration", T0 + MIN, 60)])
+    r = readings(
+        [
+            ("P1", "heart_rate", T0 + MIN, 60),
+            ("P1", "heart_rate", T0 + MIN, 60),
+            ("P1", "respiration", T0 + MIN, 60),
+        ]
+    )
     s = step(state, r, CFG)
     assert s.duplicate.tolist() == [False, True, False]  # same time, other stream: not a duplicate
     s = step(state, readings([("P1", "heart_rate", T0 + MIN, 60), ("P2", "heart_rate", T0 + MIN, 60)]), CFG)
@@ -116,8 +127,12 @@ def test_drain_closes_everything_and_accounting_holds() -> None:
         windowed += s.windowed_readings
         dups += int(s.duplicate.sum())
         late += int(s.late.sum())
-    s = step(state, READINGS_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("src", pa.int32()))
-              .empty_table(), CFG, drain=True)
+    s = step(
+        state,
+        READINGS_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("src", pa.int32())).empty_table(),
+        CFG,
+        drain=True,
+    )
     windowed += s.windowed_readings
     assert len(state.buffer) == 0
     assert late > 0 and dups > 0
