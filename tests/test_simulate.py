@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.simulate import SimulationConfig, detect_events, encode, simulate
+
+T0 = 1_795_305_600_000
+MIN = 60_000
+
+
+def readings(stream: str, times_min: list[float], values: list[float], patient: str = "P1") -> pa.Table:
+    n = len(values)
+    return pa.table(
+        {
+            "patient_id": [patient] * n,
+            "device_id": ["d"] * n,
+            "stream": [stream] * n,
+            "event_time": pa.array([int(T0 + t * MIN) for t in times_min], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "value": pa.array(values, pa.float64()),
+            "fall_confidence": pa.nulls(n, pa.float64()),
+            "impact_g": pa.nulls(n, pa.float64()),
+            "censored": [False] * n,
+        }
+    )
+
+
+def conditions(t: pa.Table) -> list[tuple[str, int]]:
+    return [
+        (c, (o - T0) // MIN)
+        for c, o in zip(t.column("condition").to_pylist(), t.column("onset").cast(pa.int64()).to_pylist(), strict=True)
+    ]
+
+
+def test_hypoglycaemia_rules() -> None:
+    assert conditions(detect_events(readings("glucose", [0, 5, 10], [100, 50, 100]))) == [("hypoglycaemia", 5)]
+    # < 70 for 15 minutes (4 CGM readings 5 min apart cover 20 min) counts; 10 minutes does not
+    assert conditions(detect_events(readings("glucose", [0, 5, 10, 15, 20, 25], [100, 65, 66, 64, 65, 100]))) == [
+        ("hypoglycaemia", 5)
+    ]
+    assert detect_events(readings("glucose", [0, 5, 10, 15], [100, 65, 66, 100])).num_rows == 0
+
+
+def test_a_gap_breaks_a_run_and_cardiac_needs_five_minutes() -> None:
+    t = [i / 12 for i in range(0, 60)]  # 5-second cadence for 5 minutes
+    assert conditions(detect_events(readings("heart_rate", t, [140.0] * 60))) == [("cardiac", 0)]
+    assert detect_events(readings("heart_rate", t[:40], [140.0] * 40)).num_rows == 0
+    gapped = t[:30] + [x + 3 for x in t[30:]]
+    assert detect_events(readings("heart_rate", gapped, [140.0] * 60)).num_rows == 0
+
+
+def test_deterministic_for_a_seed_and_counts_add_up() -> None:
+    cfg = SimulationConfig(patients=8, hours=0.5, seed=5, start_ms=T0, malformed_rate=0.02, duplicate_rate=0.02)
+    sim = simulate(cfg)
+    a = [m for chunk in encode(sim) for m in chunk]
+    b = [m for chunk in encode(simulate(cfg)) for m in chunk]
+    c = [m for chunk in encode(simulate(SimulationConfig(patients=8, hours=0.5, seed=6, start_ms=T0))) for m in chunk]
+    assert a == b and a != c
+    assert len(a) == sim.faults["messages"] == len(sim.readings) + sim.faults["duplicates"]
+    arrivals = [m.timestamp_ms for m in a]
+    assert arrivals == sorted(arrivals)
+    parsed = 0
+    for m in a:
+        try:
+            doc = json.loads(m.value)
+        except ValueError:
+            continue
+        parsed += 1
+        assert doc["patient_id"] == m.key.decode()
+    assert parsed >= len(a) - sim.faults["malformed"]
+
+
+def test_streams_cadence_and_censoring() -> None:
+    sim = simulate(SimulationConfig(patients=30, hours=2, seed=3, start_ms=T0))
+    r = sim.readings
+    assert set(r.column("stream").unique().to_pylist()) <= {"glucose", "heart_rate", "respiration", "fall"}
+    g = r.filter(pc.equal(r.column("stream"), "glucose"))
+    v = g.column("value").to_numpy()
+    assert v.min() >= 40 and v.max() <= 400
+    assert np.array_equal(g.column("censored").to_numpy(zero_copy_only=False), (v <= 40) | (v >= 400))
+    one = g.filter(pc.equal(g.column("patient_id"), g.column("patient_id")[0]))
+    spacing = np.diff(np.sort(one.column("event_time").cast(pa.int64()).to_numpy()))
+    assert 250_000 < np.median(spacing) < 350_000
+    with_event = len(set(sim.events.column("patient_id").to_pylist())) / 30
+    assert 0.05 < with_event < 0.8
