@@ -19,7 +19,6 @@ from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
 
 pytestmark = pytest.mark.integration
-MODEL = None  # the shipped checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +49,14 @@ def read(lake: Path, name: str) -> object:
     return ds.dataset(lake / name, format="parquet", partitioning="hive").to_table()
 
 
-def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None, tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None, tmp_path: Path) -> None:
     from flows.scoring import scoring_flow
 
     prefix = "it1."
     produced = produce_simulation(
         broker.bootstrap, prefix, SimulationConfig(patients=12, hours=1.0, seed=11, malformed_rate=0.01)
     )
-    settings = Settings(topic_prefix=prefix, lake=tmp_path / "lake", group="it1", model_path=tiny_checkpoint)
+    settings = Settings(topic_prefix=prefix, lake=tmp_path / "lake", group="it1")  # the shipped model
 
     s = scoring_flow(settings, broker.bootstrap, mode="drain")
 
