@@ -21,7 +21,9 @@ def window_labels(windows: pa.Table, events: pa.Table, horizon_minutes: int = 60
     ongoing = np.zeros(n, dtype=bool)
     if n == 0 or len(events) == 0:
         return labels, ongoing
-    ids = pa.concat_arrays([windows.column("patient_id").combine_chunks(), events.column("patient_id").combine_chunks()])
+    ids = pa.concat_arrays(
+        [windows.column("patient_id").combine_chunks(), events.column("patient_id").combine_chunks()]
+    )
     codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
     w_code, e_code = codes[:n], codes[n:]
     end = windows.column("window_end").cast(pa.int64()).to_numpy()

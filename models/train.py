@@ -59,8 +59,7 @@ class Split:
 
 
 def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarray, dict[str, Any]]:
-    sim = simulate(SimulationConfig(patients=cfg.patients, hours=cfg.hours, seed=cfg.seed,
-                                    start_ms=1_795_305_600_000))
+    sim = simulate(SimulationConfig(patients=cfg.patients, hours=cfg.hours, seed=cfg.seed, start_ms=1_795_305_600_000))
     windows = window_features(sim.readings, cfg.window_ms)
     labels, ongoing = window_labels(windows, sim.events, cfg.horizon_minutes)
     patients = np.asarray(sim.patients.column("patient_id").to_pylist())
@@ -83,10 +82,12 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         keep = ~ongoing[mask]
         splits[name] = Split(x[keep], labels[mask][keep], rows.filter(pa.array(keep)))
     data = {
-        "simulated_patients": cfg.patients, "hours_per_patient": cfg.hours, "seed": cfg.seed,
-        "windows": {k: int(len(v.y)) for k, v in splits.items()},
+        "simulated_patients": cfg.patients,
+        "hours_per_patient": cfg.hours,
+        "seed": cfg.seed,
+        "windows": {k: len(v.y) for k, v in splits.items()},
         "positives": {k: {h: int(v.y[:, i].sum()) for i, h in enumerate(HEADS)} for k, v in splits.items()},
-        "events": int(len(sim.events)),
+        "events": len(sim.events),
     }
     return splits, center, scale, data
 
@@ -96,10 +97,17 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Any
     np.random.seed(cfg.seed)
     t0 = time.perf_counter()
     splits, center, scale, data = build_data(cfg)
-    log(f"data: {data['windows']} windows, positives (train) {data['positives']['train']} "
-        f"[{time.perf_counter() - t0:.1f} s]")
-    mcfg = LSTMConfig(n_features=len(MODEL_FEATURES), hidden=cfg.hidden, layers=cfg.layers,
-                      window_count=cfg.window_count, horizon_minutes=cfg.horizon_minutes)
+    log(
+        f"data: {data['windows']} windows, positives (train) {data['positives']['train']} "
+        f"[{time.perf_counter() - t0:.1f} s]"
+    )
+    mcfg = LSTMConfig(
+        n_features=len(MODEL_FEATURES),
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        window_count=cfg.window_count,
+        horizon_minutes=cfg.horizon_minutes,
+    )
     model = RiskLSTM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tr, va = splits["train"], splits["val"]
@@ -142,11 +150,20 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Any
     metrics = evaluate(p_test, splits["test"])
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in best_state.values())).hexdigest()[:8]
     ckpt = Checkpoint(
-        config=mcfg, state_dict=best_state, feature_names=list(MODEL_FEATURES), center=center.tolist(),
-        scale=scale.tolist(), temperature=temperature,
-        version=f"lstm-{datetime.now(UTC):%Y%m%d}-{digest}", metrics=metrics,
-        training={"config": asdict(cfg), "data": data, "history": history,
-                  "seconds": round(time.perf_counter() - t0, 1)},
+        config=mcfg,
+        state_dict=best_state,
+        feature_names=list(MODEL_FEATURES),
+        center=center.tolist(),
+        scale=scale.tolist(),
+        temperature=temperature,
+        version=f"lstm-{datetime.now(UTC):%Y%m%d}-{digest}",
+        metrics=metrics,
+        training={
+            "config": asdict(cfg),
+            "data": data,
+            "history": history,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
     )
     return ckpt, metrics
 
@@ -185,7 +202,7 @@ def _rank(s: np.ndarray) -> np.ndarray:
     order = np.argsort(s, kind="mergesort")
     ranks = np.empty(len(s))
     ranks[order] = np.arange(1, len(s) + 1)
-    uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    _uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
     sums = np.bincount(inv, weights=ranks)
     return (sums / counts)[inv]  # ties get their average rank
 
@@ -209,8 +226,11 @@ def clinical_score(windows: pa.Table) -> np.ndarray:
     rr_pts = np.select([rr <= 8, rr <= 11, rr <= 20, rr <= 24, rr >= 25], [3, 1, 0, 2, 3], 0)
     hr_pts = np.select([hr <= 40, hr <= 50, hr <= 90, hr <= 110, hr <= 130, hr >= 131], [3, 1, 0, 1, 2, 3], 0)
     g_pts = np.where(g < 54, 6, np.where((g < 70) | (g > 250), 3, 0))
-    return (np.nan_to_num(rr_pts) * ~np.isnan(rr) + np.nan_to_num(hr_pts) * ~np.isnan(hr)
-            + np.nan_to_num(g_pts) * ~np.isnan(g)).astype(np.float64)
+    return (
+        np.nan_to_num(rr_pts) * ~np.isnan(rr)
+        + np.nan_to_num(hr_pts) * ~np.isnan(hr)
+        + np.nan_to_num(g_pts) * ~np.isnan(g)
+    ).astype(np.float64)
 
 
 def _col(t: pa.Table, name: str) -> np.ndarray:
@@ -219,13 +239,15 @@ def _col(t: pa.Table, name: str) -> np.ndarray:
 
 def evaluate(p: np.ndarray, test: Split) -> dict[str, Any]:
     base = clinical_score(test.last)
-    out: dict[str, Any] = {"test_windows": int(len(test.y))}
+    out: dict[str, Any] = {"test_windows": len(test.y)}
     for i, head in enumerate(HEADS):
         y = test.y[:, i]
         out[head] = {
             "positives": int(y.sum()),
-            "auroc": auroc(y, p[:, i]), "auprc": auprc(y, p[:, i]),
-            "baseline_auroc": auroc(y, base), "baseline_auprc": auprc(y, base),
+            "auroc": auroc(y, p[:, i]),
+            "auprc": auprc(y, p[:, i]),
+            "baseline_auroc": auroc(y, base),
+            "baseline_auprc": auprc(y, base),
         }
     out["any"]["ece"] = ece(test.y[:, 0], p[:, 0])
     out["baseline"] = "partial NEWS2 (HR, RR of the last window) + CGM consensus thresholds on the last glucose"
@@ -235,21 +257,32 @@ def evaluate(p: np.ndarray, test: Split) -> dict[str, Any]:
 def model_card(ckpt: Checkpoint, path: Path) -> None:
     m, t = ckpt.metrics, ckpt.training
     lines = [
-        f"# Risk LSTM `{ckpt.version}`", "",
+        f"# Risk LSTM `{ckpt.version}`",
+        "",
         f"Trained by `python -m models.train` in {t['seconds']} s on {t['data']['simulated_patients']} simulated "
         f"patients x {t['data']['hours_per_patient']} h (seed {t['data']['seed']}), split by patient.",
         f"Horizon {ckpt.config.horizon_minutes} min; context {ckpt.config.window_count} windows of 5 min; "
-        f"{ckpt.config.layers} layers x {ckpt.config.hidden} hidden.", "",
-        f"Test windows: {m['test_windows']} (windows during an ongoing event excluded). Baseline: {m['baseline']}.", "",
-        "| head | positives | AUROC | baseline AUROC | AUPRC | baseline AUPRC |", "|---|---|---|---|---|---|",
+        f"{ckpt.config.layers} layers x {ckpt.config.hidden} hidden.",
+        "",
+        f"Test windows: {m['test_windows']} (windows during an ongoing event excluded). Baseline: {m['baseline']}.",
+        "",
+        "| head | positives | AUROC | baseline AUROC | AUPRC | baseline AUPRC |",
+        "|---|---|---|---|---|---|",
     ]
     for h in HEADS:
         r = m[h]
-        lines.append(f"| {h} | {r['positives']} | {r['auroc']:.3f} | {r['baseline_auroc']:.3f} | "
-                     f"{r['auprc']:.3f} | {r['baseline_auprc']:.3f} |")
-    lines += ["", f"Expected calibration error (any, 10 bins, after temperature scaling): {m['any']['ece']:.3f}.",
-              f"Temperatures per head: {', '.join(f'{x:.2f}' for x in ckpt.temperature)}.", "",
-              "Model quality, baselines at a fixed alert budget, lead times and bootstrap intervals: issue #3.", ""]
+        lines.append(
+            f"| {h} | {r['positives']} | {r['auroc']:.3f} | {r['baseline_auroc']:.3f} | "
+            f"{r['auprc']:.3f} | {r['baseline_auprc']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Expected calibration error (any, 10 bins, after temperature scaling): {m['any']['ece']:.3f}.",
+        f"Temperatures per head: {', '.join(f'{x:.2f}' for x in ckpt.temperature)}.",
+        "",
+        "Model quality, baselines at a fixed alert budget, lead times and bootstrap intervals: issue #3.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 

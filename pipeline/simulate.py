@@ -9,6 +9,7 @@ replaces the reading it would have carried); `Simulation.faults` has the injecte
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -248,11 +249,11 @@ def _stream_table(
     if wears is not None:
         keep &= wears[:, None]
     # Dropouts: some patients lose the sensor for 5-20 minutes once.
-    lost = rng.random(n) < dropout
-    gap_start = rng.uniform(0, t_s[-1] + 1, n)
-    gap_len = rng.uniform(300, 1200, n)
+    lost = np.asarray(rng.random(n)) < dropout
+    gap_start = np.asarray(rng.uniform(0, t_s[-1] + 1, n))
+    gap_len = np.asarray(rng.uniform(300, 1200, n))
     keep &= ~(lost[:, None] & (t_s[None, :] >= gap_start[:, None]) & (t_s[None, :] < (gap_start + gap_len)[:, None]))
-    offset_ms = rng.normal(0, 2000, n)  # device clock offset
+    offset_ms = np.asarray(rng.normal(0, 2000, n))  # device clock offset
     pi, ti = np.nonzero(keep)
     jitter = rng.normal(0, 300, len(pi))
     event_ms = (start + t_s[ti] * 1000 + offset_ms[pi] + jitter).astype(np.int64)
@@ -279,8 +280,8 @@ def _fall_table(
             conf.append(rng.uniform(0.75, 0.99))
     # False alarms, mostly from frail patients: low-confidence detections.
     false_rate = np.where(profile == 3, 0.15, 0.02) * hours
-    for p in np.flatnonzero(rng.poisson(false_rate)):
-        pid.append(int(p))
+    for q in np.flatnonzero(rng.poisson(false_rate)):
+        pid.append(int(q))
         t.append(rng.uniform(0, hours * 3600))
         conf.append(rng.uniform(0.2, 0.6))
     pid_a = np.asarray(pid, dtype=np.int64)
@@ -467,7 +468,7 @@ def encode(sim: Simulation, slice_s: float = 60.0) -> Iterator[list[Message]]:
         order_arrival,
         np.arange(order_arrival[0] if n else 0, (order_arrival[-1] if n else 0) + slice_s * 1000 + 1, slice_s * 1000),
     )
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         if a == b:
             continue
         idx = order_idx[a:b]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from pipeline.simulate import SimulationConfig, encode, simulate
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import T0
 
 from models.labels import window_labels
 from models.lstm import DEFAULT_CHECKPOINT, HEADS, load_checkpoint
 from models.train import TrainConfig, auroc, clinical_score, train
 from pipeline.score import MODEL_FEATURES
-from tests.conftest import T0
 
 MIN = 60_000
 
@@ -60,7 +60,9 @@ def test_auroc_matches_the_pairwise_definition() -> None:
     y = rng.random(200) < 0.3
     s = np.round(rng.random(200), 1)  # ties count one half
     pos, neg = s[y], s[~y]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert auroc(y.astype(float), s) == pytest.approx(pairwise)
 
 
