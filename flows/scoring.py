@@ -122,7 +122,7 @@ def scoring_flow(
                     break
                 continue
             idle_polls = 0
-            out = engine.process(raw)
+            out = engine.process(raw, lagging=consumer.lagging())
             write_batch(engine, out)
             consumer.commit(engine.offsets)
             run.add(out.counts)

@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # kafka-python logs every reconnect attempt at ERROR; our own errors say what went wrong, once.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -215,8 +216,9 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
     check = "holds" if s["balanced"] else "DOES NOT HOLD"
     print(f"  accounting {check}: consumed = in windows + duplicates + quarantined + change in open")
     for suite, r in sorted(s.get("quality", {}).items()):
-        status = "passed" if r["success"] else "failed: " + ", ".join(f"{k} ({v})" for k, v in r["failed"].items())
-        print(f"  great expectations {suite}: {r['rows']:,} sampled rows {status}")
+        detail = ", ".join(f"{k} {v:,}" for k, v in r["failed"].items())
+        status = "all as expected" if r["success"] else f"unexpected rows (quarantined): {detail}"
+        print(f"  great expectations {suite}: {r['rows']:,} rows checked, {status}")
     rows = top_patients(settings.lake)
     if rows:
         print("\nhighest-risk patients (latest window):")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +131,9 @@ class Engine:
         """Readings waiting in open windows."""
         return len(self.state.buffer)
 
-    def process(self, batches: list[RawBatch], drain: bool = False) -> BatchOutput:
+    def process(self, batches: list[RawBatch], drain: bool = False, lagging: Collection[str] = ()) -> BatchOutput:
+        """One micro-batch. `lagging`: sources ("topic:partition") with unread messages left in Kafka;
+        they hold the watermark (see pipeline.window)."""
         pending_before = self.pending
         counts = Totals(consumed=sum(len(b) for b in batches))
         quarantine: list[pa.Table] = []
@@ -154,7 +157,7 @@ class Engine:
         canonical = pa.concat_tables(readings) if readings else None
         if canonical is None or len(canonical) == 0:
             canonical = _empty_canonical()
-        result = step(self.state, canonical, self.cfg.window, drain=drain)
+        result = step(self.state, canonical, self.cfg.window, drain=drain, lagging=lagging)
         counts.duplicates = int(result.duplicate.sum())
         late = np.flatnonzero(result.late)
         if len(late):

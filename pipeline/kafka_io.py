@@ -208,16 +208,21 @@ class StreamConsumer:
             timestamps_ms=np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n),
         )
 
-    def caught_up(self) -> bool:
-        """True when every assigned partition's position has reached its high-water mark."""
+    def lagging(self) -> set[str]:
+        """Assigned partitions ("topic:partition") whose position is behind their high-water mark."""
+        out = set()
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
                 # No fetch response yet for this partition: it may simply be empty. Ask the broker.
                 high = self.consumer.end_offsets([tp]).get(tp, 0)
             if self.consumer.position(tp) < high:
-                return False
-        return True
+                out.add(f"{tp.topic}:{tp.partition}")
+        return out
+
+    def caught_up(self) -> bool:
+        """True when every assigned partition's position has reached its high-water mark."""
+        return not self.lagging()
 
     def commit(self, offsets: dict[str, int]) -> None:
         from kafka.structs import OffsetAndMetadata

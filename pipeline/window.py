@@ -3,9 +3,13 @@
 Semantics (as in Kafka Streams' grace period and Flink's bounded lateness):
 - Windows are tumbling, `window` long, aligned to the epoch: [k*w, (k+1)*w).
 - Each source (a topic-partition) has a high-water mark: the largest event time it has delivered.
-- The watermark is the smallest high-water mark among active sources. A source is idle, and does not
-  hold the watermark back, when its high-water mark trails the leading source's by more than
-  `idle_timeout` (measured in event time, so that a replay closes the same windows as the live run).
+- The watermark is the smallest high-water mark among the sources that hold it (Flink's per-partition
+  watermarks). A source with unread messages in Kafka (`lagging`, told by the consumer) always holds
+  it, and while a lagging source has delivered nothing yet the watermark does not move: a backlog read
+  partition by partition (a replay, a restart after an outage) must not make the slower partitions
+  late. A source that is caught up is idle, and stops holding the watermark, once its high-water mark
+  trails the leading source's by more than `idle_timeout` (event time, so a replay closes the same
+  windows as the live run): a sensor that went quiet does not stall every patient's windows.
   The watermark never goes back.
 - A window closes when watermark >= window_end + allowed_lateness; its readings leave the buffer and its
   features are emitted once. A reading for a window that has closed is late (quarantined as `late`).
@@ -14,6 +18,7 @@ Semantics (as in Kafka Streams' grace period and Flink's bounded lateness):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -60,8 +65,16 @@ class Step:
     windowed_readings: int  # readings inside those windows
 
 
-def step(state: WindowState, readings: pa.Table, cfg: WindowConfig, drain: bool = False) -> Step:
-    """Advance `state` by one micro-batch of canonical readings (READINGS_SCHEMA + `source`)."""
+def step(
+    state: WindowState,
+    readings: pa.Table,
+    cfg: WindowConfig,
+    drain: bool = False,
+    lagging: Collection[str] = (),
+) -> Step:
+    """Advance `state` by one micro-batch of canonical readings (READINGS_SCHEMA + `source`).
+
+    `lagging`: sources ("topic:partition") that still have unread messages after this batch."""
     t_ms = _ms(readings.column("event_time"))
     late = late_mask(t_ms, state.watermark_ms, cfg)
     duplicate = np.zeros(len(readings), dtype=bool)
@@ -71,7 +84,7 @@ def step(state: WindowState, readings: pa.Table, cfg: WindowConfig, drain: bool 
     accepted = readings.take(pa.array(accepted_idx))
     _advance_sources(state, accepted.column("source"), t_ms[accepted_idx])
     state.buffer = pa.concat_tables([state.buffer, accepted.select(READINGS_SCHEMA.names)])
-    state.watermark_ms = watermark(state, cfg)
+    state.watermark_ms = watermark(state, cfg, lagging)
     windows, n_windowed = close_windows(state, cfg, drain)
     return Step(late=late, duplicate=duplicate, windows=windows, windowed_readings=n_windowed)
 
@@ -111,12 +124,14 @@ def _advance_sources(state: WindowState, source: pa.ChunkedArray, t_ms: np.ndarr
         state.source_high_ms[name] = max(high, state.source_high_ms.get(name, high))
 
 
-def watermark(state: WindowState, cfg: WindowConfig) -> int | None:
-    if not state.source_high_ms:
+def watermark(state: WindowState, cfg: WindowConfig, lagging: Collection[str] = ()) -> int | None:
+    if not state.source_high_ms or any(s not in state.source_high_ms for s in lagging):
         return state.watermark_ms
-    highs = np.array(list(state.source_high_ms.values()), dtype=np.int64)
-    active = highs[highs >= highs.max() - cfg.idle_ms]
-    candidate = int(active.min())
+    names = list(state.source_high_ms)
+    highs = np.array([state.source_high_ms[s] for s in names], dtype=np.int64)
+    behind = np.array([s in lagging for s in names], dtype=bool)
+    holding = behind | (highs >= highs.max() - cfg.idle_ms)
+    candidate = int(highs[holding].min())
     return candidate if state.watermark_ms is None else max(candidate, state.watermark_ms)
 
 

@@ -107,6 +107,23 @@ def test_an_idle_source_does_not_stall_the_watermark() -> None:
     assert starts(s.windows) == [T0, T0 + 5 * MIN]
 
 
+def test_a_backlogged_partition_holds_the_watermark_until_it_delivers_and_catches_up() -> None:
+    """A replay: glucose is read to its end at once while heart rate, with unread messages, is behind."""
+    state, hr, glu = WindowState(), "vitals.heart_rate:0", "vitals.glucose:0"
+    ahead = readings([("P1", "glucose", T0 + 60 * MIN, 100)], source=glu)
+    s = step(state, ahead, CFG, lagging={hr})  # heart rate has delivered nothing yet
+    assert state.watermark_ms is None and len(s.windows) == 0
+    s = step(state, readings([("P1", "heart_rate", T0 + MIN, 60)], source=hr), CFG, lagging={hr})
+    assert state.watermark_ms == T0 + MIN  # held by the lagging source, not by glucose 59 minutes ahead
+    s = step(state, readings([("P1", "heart_rate", T0 + 20 * MIN, 61)], source=hr), CFG, lagging={hr})
+    assert not s.late.any() and starts(s.windows) == [T0]  # its own progress closes windows
+    # Caught up, heart rate now trails glucose by more than the idle timeout: idle, glucose leads.
+    s = step(state, readings([("P1", "heart_rate", T0 + 21 * MIN, 62)], source=hr), CFG, lagging=set())
+    assert state.watermark_ms == T0 + 60 * MIN
+    late = step(state, readings([("P1", "heart_rate", T0 + 22 * MIN, 63)], source=hr), CFG)
+    assert late.late.all()
+
+
 def test_watermark_never_goes_back() -> None:
     state = WindowState()
     step(state, readings([("P1", "heart_rate", T0 + 20 * MIN, 70)]), CFG)
