@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     s.set_defaults(handler=cmd_simulate)
 
+    rp = sub.add_parser(
+        "replay", help="produce the BIDMC ICU recordings (real heart and respiration rates, PhysioNet) to Kafka"
+    )
+    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy in tests/data/bidmc/)")
+    rp.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
+    rp.set_defaults(handler=cmd_replay)
+
     r = sub.add_parser("run", help="run the scoring flow (Prefect) over the four topics")
     r.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     r.add_argument("--lake", type=Path, help="output directory (default ./lake)")
@@ -140,6 +147,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError(_NO_BROKER_HINT)
     n = _simulate_into(settings, settings.bootstrap, args.patients, args.hours, args.seed)
     print(f"produced {n:,} messages for {args.patients} patients x {args.hours} h to {settings.bootstrap}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
+    from pipeline.replay import BIDMC_CSV, bidmc_messages, read_bidmc
+
+    settings = _settings(args, bootstrap=args.bootstrap)
+    if not settings.bootstrap:
+        raise ConfigError(_NO_BROKER_HINT)
+    path = args.csv or BIDMC_CSV
+    try:
+        frame = read_bidmc(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    kafka = settings.kafka(settings.bootstrap)
+    check_reachable(kafka)
+    ensure_topics(kafka)
+    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000  # the recordings start an hour-aligned hour ago
+    prod = producer(kafka)
+    try:
+        n = produce(prod, kafka, bidmc_messages(frame, start_ms))
+    finally:
+        prod.close()
+    print(f"produced {n:,} messages ({frame['subject_id'].nunique()} BIDMC patients) to {settings.bootstrap}")
     return 0
 
 

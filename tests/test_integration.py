@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from conftest import T0
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
@@ -121,3 +122,44 @@ def test_cli_reports_an_unwritable_lake(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 4 and "not writable" in r.stderr
+
+
+def test_real_icu_recordings_replay_into_exact_windows(broker: EmbeddedBroker, prefect: None, tmp_path: Path) -> None:
+    """BIDMC (PhysioNet) heart and respiration rates through Kafka: every window mean equals pandas' own."""
+    import numpy as np
+
+    from flows.scoring import scoring_flow
+    from pipeline.replay import bidmc_messages, read_bidmc
+
+    frame = read_bidmc()
+    start = T0 - 86_400_000  # a window boundary, a day before the simulated data
+    prefix = "bidmc."
+    kafka = KafkaSettings(broker.bootstrap, topic_prefix=prefix, partitions=2)
+    ensure_topics(kafka)
+    prod = producer(kafka)
+    try:
+        produced = produce(prod, kafka, bidmc_messages(frame, start))
+    finally:
+        prod.close()
+    assert produced == frame["hr_bpm"].notna().sum() + frame["resp_rate_breaths_per_min"].notna().sum()
+    settings = Settings(topic_prefix=prefix, lake=tmp_path / "lake", group="bidmc")
+
+    s = scoring_flow(settings, broker.bootstrap, mode="drain")
+
+    assert s["consumed"] == produced and s["balanced"]
+    assert s["quarantined"] == {} and s["duplicates"] == 0  # real, clean recordings: nothing rejected
+    table = read(settings.lake, "windows")
+    windows = table.set_column(
+        table.schema.get_field_index("window_start"), "window_start", table.column("window_start").cast("int64")
+    ).to_pandas()
+    frame["window_start"] = start + frame["time_s"] // 300 * 300_000
+    expected = frame.groupby(["subject_id", "window_start"])[["hr_bpm", "resp_rate_breaths_per_min"]].mean()
+    got = windows.set_index(["patient_id", "window_start"])
+    assert len(got) == len(expected) == 2 * frame["subject_id"].nunique()
+    joined = expected.join(got[["heart_rate_bpm_mean", "respiration_rate_per_min_mean"]], how="inner")
+    assert len(joined) == len(expected)
+    np.testing.assert_allclose(joined["heart_rate_bpm_mean"], joined["hr_bpm"], rtol=1e-12)
+    np.testing.assert_allclose(joined["respiration_rate_per_min_mean"], joined["resp_rate_breaths_per_min"], rtol=1e-12)
+    assert not windows["glucose_present"].any()
+    scores = read(settings.lake, "risk_scores").to_pandas()
+    assert len(scores) == len(windows) and scores["risk_score"].between(0, 1).all()
