@@ -112,17 +112,19 @@ def scoring_flow(
     batches = 0
     bar = _progress(progress)
     try:
+        _warm_up_great_expectations()  # its import takes seconds: overlap it with the group join
         consumer.wait_for_assignment()
         idle_polls = 0
         while True:
             raw = consumer.poll_batch()
+            lagging = consumer.lagging()
             if not raw:
                 idle_polls += 1
-                if mode != "follow" and (consumer.caught_up() or idle_polls >= max_idle_polls):
+                if mode != "follow" and (not lagging or idle_polls >= max_idle_polls):
                     break
                 continue
             idle_polls = 0
-            out = engine.process(raw, lagging=consumer.lagging())
+            out = engine.process(raw, lagging=lagging)
             write_batch(engine, out)
             consumer.commit(engine.offsets)
             run.add(out.counts)
@@ -161,6 +163,13 @@ def scoring_flow(
         summary.balanced,
     )
     return summary.as_dict()
+
+
+def _warm_up_great_expectations() -> None:
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
 
 
 def _progress(enabled: bool) -> Any:

@@ -154,8 +154,8 @@ def test_real_icu_recordings_replay_into_exact_windows(broker: EmbeddedBroker, p
     ).to_pandas()
     frame["window_start"] = start + frame["time_s"] // 300 * 300_000
     expected = frame.groupby(["subject_id", "window_start"])[["hr_bpm", "resp_rate_breaths_per_min"]].mean()
-    got = windows.set_index(["patient_id", "window_start"])
-    assert len(got) == len(expected) == 2 * frame["subject_id"].nunique()
+    got = windows.rename(columns={"patient_id": "subject_id"}).set_index(["subject_id", "window_start"])
+    assert len(got) == len(expected) >= 2 * frame["subject_id"].nunique()  # 8 minutes each
     joined = expected.join(got[["heart_rate_bpm_mean", "respiration_rate_per_min_mean"]], how="inner")
     assert len(joined) == len(expected)
     np.testing.assert_allclose(joined["heart_rate_bpm_mean"], joined["hr_bpm"], rtol=1e-12)
