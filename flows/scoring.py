@@ -17,9 +17,10 @@ from prefect.cache_policies import NO_CACHE
 
 from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from pipeline.config import Settings
+from pipeline.consumer_process import ConsumerProcess
 from pipeline.engine import BatchOutput, Engine, EngineConfig, Totals
 from pipeline.errors import ModelError
-from pipeline.kafka_io import KafkaSettings, StreamConsumer, ensure_topics
+from pipeline.kafka_io import KafkaSettings, ensure_topics
 from pipeline.score import Scorer
 from pipeline.sink import ensure_writable
 
@@ -104,7 +105,7 @@ def scoring_flow(
         build_scorer(settings),
     )
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    consumer = StreamConsumer(kafka, settings.group, settings.max_batch_records)
+    consumer = ConsumerProcess(kafka, settings.group, settings.max_batch_records)
     consumer.resume_from(engine.offsets)
     run = Totals()
     pending_before = engine.pending

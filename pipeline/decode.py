@@ -14,7 +14,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -42,16 +41,23 @@ META_SCHEMA = pa.schema(
 
 @dataclass
 class RawBatch:
-    """Messages of one topic, as columns. `values` are the original bytes."""
+    """Messages of one topic, as columns: keys and values are binary Arrow arrays of the original bytes
+    (lists of bytes are converted)."""
 
     stream: str
     topic: str
-    keys: list[bytes | None]
-    values: list[bytes | None]
+    keys: pa.Array
+    values: pa.Array
     partitions: np.ndarray  # int32
     offsets: np.ndarray  # int64
     timestamps_ms: np.ndarray  # int64, Kafka record timestamps
     _keys: pa.Array | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, pa.Array):
+            self.keys = pa.array(self.keys, pa.binary())
+        if not isinstance(self.values, pa.Array):
+            self.values = pa.array(self.values, pa.binary())
 
     def __len__(self) -> int:
         return len(self.values)
@@ -59,11 +65,11 @@ class RawBatch:
     def key_array(self) -> pa.Array:
         """Keys as UTF-8 strings (a key that is not UTF-8 shows replacement characters)."""
         if self._keys is None:
-            self._keys = _valid_utf8(pa.array(self.keys, pa.binary()).cast(pa.string(), safe=False))
+            self._keys = _valid_utf8(self.keys.cast(pa.string(), safe=False))
         return self._keys
 
     def value_array(self) -> pa.Array:
-        return pa.array(self.values, pa.binary())
+        return self.values
 
 
 @dataclass
@@ -83,8 +89,8 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     slow: list[np.ndarray] = [np.flatnonzero(~ok_mask).astype(np.int32)]
     for ts_type, mask in ((pa.string(), is_iso & ok_mask), (pa.int64(), ~is_iso & ok_mask)):
         if mask.any():
-            group: list[bytes] = list(compress(batch.values, mask.tolist()))  # type: ignore[arg-type]
-            _decode_bulk(group, np.flatnonzero(mask).astype(np.int32), contract.wire_schema(ts_type), pieces, slow)
+            lines = pc.binary_join_element_wise(batch.values.filter(pa.array(mask)), b"", b"\n")  # each + "\n"
+            _decode_bulk(lines, np.flatnonzero(mask).astype(np.int32), contract.wire_schema(ts_type), pieces, slow)
 
     rows: list[dict[str, Any]] = []
     rows_src: list[int] = []
@@ -92,7 +98,7 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     rej_reason: list[str] = []
     rej_detail: list[str] = []
     for i in np.sort(np.concatenate(slow)).tolist():
-        parsed, reason, detail = _decode_one(batch.values[i], contract)
+        parsed, reason, detail = _decode_one(batch.values[i].as_py(), contract)
         if parsed is None:
             rej_src.append(i)
             rej_reason.append(reason)
@@ -130,12 +136,11 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     )
 
 
-def _scan(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def _scan(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised pre-checks over the raw bytes: which messages the bulk reader may take, and which carry
     an ISO `ts` string. Empty, oversized or multi-line messages, or ones that are not an object, go to the
     exact path. Every other line starts with "{", so it yields at least one row or a parse error: a row
     count equal to the line count proves that rows and messages line up one to one."""
-    arr = pa.array(values, pa.binary())
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if n and arr.buffers()[2] else np.zeros(0, np.uint8)
@@ -170,7 +175,7 @@ def _non_finite(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_bulk(
-    lines: list[bytes],
+    lines: pa.Array,
     src: np.ndarray,
     wire: pa.Schema,
     out: list[tuple[pa.Table, np.ndarray]],
@@ -180,14 +185,12 @@ def _decode_bulk(
     row: the rows before it are read in bulk, that one message goes to the exact path, and reading resumes
     after it, so a batch with k bad messages costs about two bulk passes plus k exact decodes. Should an
     error not name a usable row, fall back to chunks of FALLBACK_CHUNK (the exact path decides in the end)."""
-    if not lines:
+    if not len(lines):
         return
-    data = pa.py_buffer(b"\n".join(lines))
-    ends = np.cumsum(np.fromiter((len(x) + 1 for x in lines), dtype=np.int64, count=len(lines)))
-    begins = np.r_[0, ends[:-1]]
+    data, begins, ends = _newline_delimited(lines)
     lo, n = 0, len(lines)
     while lo < n:
-        table, bad = _read_range(data, int(begins[lo]), int(ends[n - 1]) - 1, wire)
+        table, bad = _read_range(data, int(begins[lo]), int(ends[n - 1]), wire)
         if table is not None and len(table) == n - lo:
             out.append((table, src[lo:]))
             return
@@ -195,7 +198,7 @@ def _decode_bulk(
             _decode_chunked(lines[lo:], src[lo:], wire, out, slow)
             return
         if bad:
-            prefix, _ = _read_range(data, int(begins[lo]), int(ends[lo + bad - 1]) - 1, wire)
+            prefix, _ = _read_range(data, int(begins[lo]), int(ends[lo + bad - 1]), wire)
             if prefix is not None and len(prefix) == bad:
                 out.append((prefix, src[lo : lo + bad]))
             else:
@@ -204,17 +207,26 @@ def _decode_bulk(
         lo += bad + 1
 
 
+def _newline_delimited(lines: pa.Array) -> tuple[pa.Buffer, np.ndarray, np.ndarray]:
+    """The data buffer of a binary array whose items end in a newline, with each item's [begin, end)."""
+    raw = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    offsets = raw.astype(np.int64) - int(raw[0])
+    data = lines.buffers()[2].slice(int(raw[0]), int(offsets[-1]))
+    return data, offsets[:-1], offsets[1:]
+
+
 def _decode_chunked(
-    lines: list[bytes],
+    lines: pa.Array,
     src: np.ndarray,
     wire: pa.Schema,
     out: list[tuple[pa.Table, np.ndarray]],
     slow: list[np.ndarray],
 ) -> None:
+    data, begins, ends = _newline_delimited(lines)
     for start in range(0, len(lines), FALLBACK_CHUNK):
-        chunk = lines[start : start + FALLBACK_CHUNK]
-        table, _ = _read_range(pa.py_buffer(b"\n".join(chunk)), 0, None, wire)
-        if table is not None and len(table) == len(chunk):
+        stop = min(start + FALLBACK_CHUNK, len(lines))
+        table, _ = _read_range(data, int(begins[start]), int(ends[stop - 1]), wire)
+        if table is not None and len(table) == stop - start:
             out.append((table, src[start : start + FALLBACK_CHUNK]))
         else:
             slow.append(src[start : start + FALLBACK_CHUNK])
@@ -223,9 +235,9 @@ def _decode_chunked(
 _ERROR_ROW = re.compile(r" in row (\d+)\s*$")
 
 
-def _read_range(data: pa.Buffer, begin: int, end: int | None, wire: pa.Schema) -> tuple[pa.Table | None, int | None]:
+def _read_range(data: pa.Buffer, begin: int, end: int, wire: pa.Schema) -> tuple[pa.Table | None, int | None]:
     """Parse data[begin:end] as one block; on failure return (None, the failing row if the error names it)."""
-    view = data.slice(begin, (end if end is not None else data.size) - begin)
+    view = data.slice(begin, end - begin)
     try:
         table = pj.read_json(
             pa.BufferReader(view),

@@ -264,7 +264,7 @@ class QualitySample:
 def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detail: list[str] | str) -> pa.Table:
     n = len(src)
     src_arr = pa.array(np.asarray(src, dtype=np.int64))
-    keys = pa.array(batch.keys, pa.binary()).take(src_arr)
+    keys = batch.keys.take(src_arr)
     patient = batch.key_array().take(src_arr)
     now = datetime.now(UTC).replace(microsecond=0)
     return pa.table(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -201,8 +202,8 @@ class StreamConsumer:
         return RawBatch(
             stream=self.settings.stream_of(topic),
             topic=topic,
-            keys=[r.key for r in recs],
-            values=[r.value for r in recs],
+            keys=pa.array([r.key for r in recs], pa.binary()),
+            values=pa.array([r.value for r in recs], pa.binary()),
             partitions=np.fromiter((r.partition for r in recs), dtype=np.int32, count=n),
             offsets=np.fromiter((r.offset for r in recs), dtype=np.int64, count=n),
             timestamps_ms=np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n),

@@ -1,0 +1,154 @@
+"""The Kafka consumer in its own process, one micro-batch ahead of the pipeline.
+
+kafka-python parses record batches in pure Python: at ~150k messages/s that is the largest single cost of
+a run, and it holds the GIL, so a thread cannot overlap it with the pipeline's work (measured: no gain).
+A child process can. The child owns the group membership and the KafkaConsumer; it polls, turns each poll
+into per-topic RawBatches of Arrow arrays (cheap to pickle: a few buffers, not a million objects), and
+sends them through a pipe together with the partitions still lagging after that poll. The pipe's send
+blocks while the parent is busy, so at most one batch waits: memory stays bounded and back-pressure
+reaches Kafka as a slower fetch. Commits go the other way, on a control pipe, and are made before the
+child's next poll. Offsets committed here are a convenience; the state checkpoint is what a restart
+resumes from (see pipeline.engine), so a commit that lags by a batch loses nothing.
+
+`ConsumerProcess` has StreamConsumer's interface, so the flow does not care which one it drives. The child
+is a plain `python -m pipeline.consumer_process` given the pipes' file descriptors (not multiprocessing's
+spawn, which would re-run the caller's __main__ module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import traceback
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pipeline.decode import RawBatch
+from pipeline.errors import BrokerUnavailable, VitalStreamError
+from pipeline.kafka_io import KafkaSettings, StreamConsumer
+
+
+class ConsumerProcess:
+    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 200_000) -> None:
+        self.settings = settings
+        self._args = (settings, group, max_batch_records)
+        self._offsets: dict[str, int] = {}
+        self._lagging: set[str] = set()
+        self._proc: Any = None
+        self._data: Connection | None = None
+        self._control: Connection | None = None
+
+    def resume_from(self, offsets: dict[str, int]) -> None:
+        self._offsets = dict(offsets)
+
+    def wait_for_assignment(self, timeout_s: float = 30.0) -> set[str]:
+        data_parent, data_child = Pipe(duplex=False)
+        control_child, control_parent = Pipe(duplex=False)
+        self._data, self._control = data_parent, control_parent
+        fds = (data_child.fileno(), control_child.fileno())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.consumer_process", *map(str, fds)],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+        )
+        data_child.close()
+        control_child.close()
+        self._control.send((*self._args, self._offsets, timeout_s))
+        kind, payload = self._recv(timeout_s + 60)
+        if kind != "assigned":
+            raise BrokerUnavailable(f"consumer process: unexpected first message {kind!r}")
+        return set(payload)
+
+    def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
+        kind, payload = self._recv(None)
+        assert kind == "batch"
+        batches, self._lagging = payload
+        return list(batches)
+
+    def lagging(self) -> set[str]:
+        """Partitions that still had unread messages right after the poll that gave the last batch."""
+        return set(self._lagging)
+
+    def caught_up(self) -> bool:
+        return not self._lagging
+
+    def commit(self, offsets: dict[str, int]) -> None:
+        if self._control is not None:
+            self._control.send(("commit", dict(offsets)))
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        assert self._control is not None and self._data is not None
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._control.send(("stop", None))
+        while self._proc.poll() is None:
+            try:
+                if self._data.poll(0.05):
+                    self._data.recv()  # unblock a send in progress; the batch is dropped, not committed
+            except (EOFError, OSError):
+                self._proc.wait(timeout=10)
+        self._data.close()
+        self._control.close()
+        self._proc = None
+
+    def _recv(self, timeout_s: float | None) -> tuple[str, Any]:
+        assert self._data is not None
+        try:
+            if timeout_s is not None and not self._data.poll(timeout_s):
+                raise BrokerUnavailable(f"consumer process gave no answer within {timeout_s:.0f} s")
+            kind, payload = self._data.recv()
+        except EOFError:
+            code = self._proc.wait(timeout=10) if self._proc is not None else None
+            raise BrokerUnavailable(f"consumer process ended unexpectedly (exit code {code})") from None
+        if kind == "error":
+            raise payload
+        return kind, payload
+
+
+def _child_main(data: Connection, control: Connection) -> None:
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    consumer: StreamConsumer | None = None
+    try:
+        settings, group, max_batch_records, offsets, timeout_s = control.recv()
+        consumer = StreamConsumer(settings, group, max_batch_records)
+        consumer.resume_from(offsets)
+        assigned = consumer.wait_for_assignment(timeout_s)
+        data.send(("assigned", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
+        while True:
+            pending: dict[str, int] | None = None
+            while control.poll():
+                kind, payload = control.recv()
+                if kind == "stop":
+                    if pending:
+                        consumer.commit(pending)
+                    return
+                pending = payload
+            if pending:
+                consumer.commit(pending)
+            raw = consumer.poll_batch()
+            data.send(("batch", (raw, consumer.lagging())))
+    except (EOFError, BrokenPipeError):
+        return  # the parent went away
+    except VitalStreamError as exc:
+        _send_error(data, exc)
+    except Exception as exc:
+        _send_error(data, BrokerUnavailable(f"consumer process failed: {exc!r}\n{traceback.format_exc()}"))
+    finally:
+        if consumer is not None:
+            consumer.close()
+
+
+def _send_error(data: Connection, exc: Exception) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        data.send(("error", exc))
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1]), readable=False), Connection(int(sys.argv[2]), writable=False))
+    os._exit(0)  # skip interpreter teardown of kafka-python's threads
