@@ -1,9 +1,10 @@
 """Bytes to Arrow: one stream's micro-batch of Kafka messages decoded in bulk.
 
-The hot path hands the whole batch to Arrow's JSON reader (C++, multi-threaded). Each line is tagged with
-its position so that the rows provably line up with the messages. Only when the bulk read fails does the
-batch split into chunks, and only a failing chunk is decoded message by message, to isolate the bad
-message and name its fault. Both paths produce the same table; rules about values (missing fields,
+The hot path hands the whole batch to Arrow's JSON reader (C++) as newline-delimited JSON; a vectorised
+scan first routes out messages that could break the line alignment, so equal row and message counts prove
+that rows and messages line up. When the reader stops at a bad message it names the row: the rows before
+it are kept, that message is decoded exactly (to name its fault), and reading resumes after it. Both
+paths produce the same table; rules about values (missing fields,
 ranges, key mismatch, clock skew) are the expectation suites' job in `validate`, not the decoder's.
 """
 

@@ -163,3 +163,15 @@ def test_real_icu_recordings_replay_into_exact_windows(broker: EmbeddedBroker, p
     assert not windows["glucose_present"].any()
     scores = read(settings.lake, "risk_scores").to_pandas()
     assert len(scores) == len(windows) and scores["risk_score"].between(0, 1).all()
+
+
+def test_the_consumer_process_reports_an_unreachable_broker() -> None:
+    from pipeline.consumer_process import ConsumerProcess
+    from pipeline.errors import BrokerUnavailable
+
+    consumer = ConsumerProcess(KafkaSettings("127.0.0.1:9", connect_timeout_s=2), "nobody")
+    try:
+        with pytest.raises(BrokerUnavailable, match="127.0.0.1:9"):
+            consumer.wait_for_assignment(timeout_s=5)
+    finally:
+        consumer.close()
