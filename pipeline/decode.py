@@ -190,14 +190,18 @@ def _decode_bulk(
         return
     data, begins, ends = _newline_delimited(lines)
     lo, n = 0, len(lines)
+    span = n  # lines per attempt: all at first; after an error, about twice the gap between errors
     while lo < n:
-        table, bad = _read_range(data, int(begins[lo]), int(ends[n - 1]), wire)
-        if table is not None and len(table) == n - lo:
-            out.append((table, src[lo:]))
-            return
-        if bad is None or not 0 <= bad < n - lo:
-            _decode_chunked(lines[lo:], src[lo:], wire, out, slow)
-            return
+        hi = min(n, lo + span)
+        table, bad = _read_range(data, int(begins[lo]), int(ends[hi - 1]), wire)
+        if table is not None and len(table) == hi - lo:
+            out.append((table, src[lo:hi]))
+            lo, span = hi, span * 2
+            continue
+        if bad is None or not 0 <= bad < hi - lo:
+            _decode_chunked(lines[lo:hi], src[lo:hi], wire, out, slow)
+            lo = hi
+            continue
         if bad:
             prefix, _ = _read_range(data, int(begins[lo]), int(ends[lo + bad - 1]), wire)
             if prefix is not None and len(prefix) == bad:
@@ -206,6 +210,7 @@ def _decode_bulk(
                 _decode_chunked(lines[lo : lo + bad], src[lo : lo + bad], wire, out, slow)
         slow.append(src[lo + bad : lo + bad + 1])
         lo += bad + 1
+        span = max(1024, 2 * (bad + 1))
 
 
 def _newline_delimited(lines: pa.Array) -> tuple[pa.Buffer, np.ndarray, np.ndarray]:

@@ -53,6 +53,68 @@ class WindowState:
     buffer: pa.Table = field(default_factory=READINGS_SCHEMA.empty_table)  # readings of open windows
     source_high_ms: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> max event time
     watermark_ms: int | None = None
+    dedupe: DedupeIndex | None = field(default=None, repr=False, compare=False)  # derived from `buffer`
+
+
+class DedupeIndex:
+    """The buffered readings' identities, as sorted integer keys per open window.
+
+    A duplicate has the same event time, hence the same window, as its original, so each window keeps its
+    own sorted array: key = series code x window length + offset in the window, where a series is
+    (patient, stream, device) and codes come from a dictionary of the series seen so far. A batch costs
+    string work on its own rows only and a binary search per row; closing a window drops its array. The
+    index is derived state: it is not checkpointed but rebuilt from the buffer when a run resumes.
+    """
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self.series: pa.Array = pa.array([], pa.string())
+        self.by_window: dict[int, np.ndarray] = {}
+
+    def keys(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(window start, key) per row."""
+        ident = pc.binary_join_element_wise(
+            readings.column("patient_id"), readings.column("stream"), readings.column("device_id"), "\x1f"
+        )
+        code = pc.index_in(ident, value_set=self.series)
+        if code.null_count:
+            fresh = pc.unique(ident.filter(pc.is_null(code)).combine_chunks())
+            self.series = pa.concat_arrays([self.series, fresh.cast(pa.string())])
+            code = pc.index_in(ident, value_set=self.series)
+        t = _ms(readings.column("event_time"))
+        start = t // self.window_ms * self.window_ms
+        codes = np.asarray(code.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return start, codes * self.window_ms + (t - start)
+
+    def duplicates(self, start: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """Rows whose identity is already indexed or appears earlier in this batch (the first copy wins)."""
+        dup = np.zeros(len(key), dtype=bool)
+        if len(key) == 0:
+            return dup
+        order = np.lexsort((np.arange(len(key)), key, start))
+        same = (start[order][1:] == start[order][:-1]) & (key[order][1:] == key[order][:-1])
+        dup[order[1:][same]] = True
+        for w in np.unique(start).tolist():
+            known = self.by_window.get(w)
+            if known is None or len(known) == 0:
+                continue
+            rows = np.flatnonzero(start == w)
+            pos = np.minimum(np.searchsorted(known, key[rows]), len(known) - 1)
+            dup[rows[known[pos] == key[rows]]] = True
+        return dup
+
+    def add(self, start: np.ndarray, key: np.ndarray) -> None:
+        for w in np.unique(start).tolist():
+            new = key[start == w]
+            old = self.by_window.get(w)
+            merged = new if old is None else np.concatenate([old, new])
+            merged.sort(kind="stable")  # two sorted runs: linear
+            self.by_window[w] = merged
+
+    def drop_closed(self, watermark_ms: int | None, lateness_ms: int, drain: bool) -> None:
+        for w in list(self.by_window):
+            if drain or (watermark_ms is not None and w + self.window_ms + lateness_ms <= watermark_ms):
+                del self.by_window[w]
 
 
 @dataclass
@@ -77,15 +139,21 @@ def step(
     `lagging`: sources ("topic:partition") that still have unread messages after this batch."""
     t_ms = _ms(readings.column("event_time"))
     late = late_mask(t_ms, state.watermark_ms, cfg)
+    if state.dedupe is None:
+        state.dedupe = DedupeIndex(cfg.window_ms)
+        state.dedupe.add(*state.dedupe.keys(state.buffer))
+    start, key = state.dedupe.keys(readings)
     duplicate = np.zeros(len(readings), dtype=bool)
     candidates = np.flatnonzero(~late)
-    duplicate[candidates] = duplicate_mask(state.buffer, readings.take(pa.array(candidates)))
+    duplicate[candidates] = state.dedupe.duplicates(start[candidates], key[candidates])
     accepted_idx = np.flatnonzero(~late & ~duplicate)
+    state.dedupe.add(start[accepted_idx], key[accepted_idx])
     accepted = readings.take(pa.array(accepted_idx))
     _advance_sources(state, accepted.column("source"), t_ms[accepted_idx])
     state.buffer = pa.concat_tables([state.buffer, accepted.select(READINGS_SCHEMA.names)])
     state.watermark_ms = watermark(state, cfg, lagging)
     windows, n_windowed = close_windows(state, cfg, drain)
+    state.dedupe.drop_closed(state.watermark_ms, cfg.lateness_ms, drain)
     return Step(late=late, duplicate=duplicate, windows=windows, windowed_readings=n_windowed)
 
 
@@ -94,23 +162,6 @@ def late_mask(t_ms: np.ndarray, watermark_ms: int | None, cfg: WindowConfig) -> 
         return np.zeros(len(t_ms), dtype=bool)
     window_end = (t_ms // cfg.window_ms + 1) * cfg.window_ms
     return np.asarray(window_end + cfg.lateness_ms <= watermark_ms)
-
-
-def duplicate_mask(buffer: pa.Table, new: pa.Table) -> np.ndarray:
-    """True for rows of `new` whose (patient, stream, device, event time) is already in `buffer` or earlier
-    in `new`; the first copy wins."""
-    if len(new) == 0:
-        return np.zeros(0, dtype=bool)
-    key_cols = ["patient_id", "stream", "device_id"]
-    both = pa.concat_tables([buffer.select(key_cols), new.select(key_cols)])
-    ident = pc.binary_join_element_wise(*(both.column(c) for c in key_cols), "\x1f")
-    code = np.asarray(pc.dictionary_encode(ident).combine_chunks().indices, dtype=np.int64)
-    t = np.concatenate([_ms(buffer.column("event_time")), _ms(new.column("event_time"))])
-    order = np.lexsort((np.arange(len(code)), t, code))  # stable: earlier rows first within a key
-    same = np.r_[False, (code[order][1:] == code[order][:-1]) & (t[order][1:] == t[order][:-1])]
-    dup = np.zeros(len(code), dtype=bool)
-    dup[order[same]] = True
-    return dup[len(buffer) :]
 
 
 def _advance_sources(state: WindowState, source: pa.ChunkedArray, t_ms: np.ndarray) -> None:

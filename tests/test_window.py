@@ -7,6 +7,8 @@ from datetime import timedelta
 import numpy as np
 import pyarrow as pa
 from conftest import T0
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.features import READINGS_SCHEMA
 from pipeline.window import WindowConfig, WindowState, step
@@ -154,3 +156,40 @@ def test_drain_closes_everything_and_accounting_holds() -> None:
     assert len(state.buffer) == 0
     assert late > 0 and dups > 0
     assert total == windowed + dups + late
+
+
+def _reference_duplicates(rows: list[tuple[str, str, str, int]]) -> list[bool]:
+    """The definition, one row at a time: a later copy of (patient, stream, device, event time)."""
+    seen: set[tuple[str, str, str, int]] = set()
+    out = []
+    for r in rows:
+        out.append(r in seen)
+        seen.add(r)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["P1", "P2", "P3"]),
+            st.sampled_from(["heart_rate", "respiration"]),
+            st.sampled_from(["a", "b"]),
+            st.integers(0, 40).map(lambda s: T0 + s * 15_000),
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 5),
+)
+def test_dedupe_index_matches_the_definition_across_batches(rows: list[tuple[str, str, str, int]], parts: int) -> None:
+    """Split into batches; with no window closing (no watermark), every later copy is a duplicate."""
+    state = WindowState()
+    lazy = WindowConfig(window=timedelta(minutes=5), allowed_lateness=timedelta(days=1))
+    got: list[bool] = []
+    size = max(1, len(rows) // parts)
+    for i in range(0, len(rows), size):
+        chunk = rows[i : i + size]
+        t = readings([(p, s, ts, 1.0) for p, s, _, ts in chunk])
+        t = t.set_column(1, "device_id", pa.array([d for _, _, d, _ in chunk], pa.string()))
+        got += step(state, t, lazy).duplicate.tolist()
+    assert got == _reference_duplicates(rows)
