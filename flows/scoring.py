@@ -21,6 +21,7 @@ from pipeline.consumer_process import ConsumerProcess
 from pipeline.engine import BatchOutput, Engine, EngineConfig, Totals
 from pipeline.errors import ModelError
 from pipeline.kafka_io import KafkaSettings, ensure_topics
+from pipeline.quality import QualityProcess
 from pipeline.score import Scorer
 from pipeline.sink import ensure_writable
 
@@ -83,8 +84,8 @@ def write_batch(engine: Engine, out: BatchOutput) -> None:
 
 
 @task(name="validate-quality", cache_policy=NO_CACHE)
-def validate_quality(engine: Engine, run_id: str) -> dict[str, Any]:
-    return engine.validate_quality(run_id)
+def validate_quality(engine: Engine, run_id: str, quality: QualityProcess) -> dict[str, Any]:
+    return engine.validate_quality(run_id, quality.validate)
 
 
 @flow(name="vitalstream-scoring", validate_parameters=False)
@@ -112,8 +113,8 @@ def scoring_flow(
     started = time.perf_counter()
     batches = 0
     bar = _progress(progress)
+    quality_process = QualityProcess()  # imports Great Expectations while this run consumes
     try:
-        _warm_up_great_expectations()  # its import takes seconds: overlap it with the group join
         consumer.wait_for_assignment()
         idle_polls = 0
         while True:
@@ -137,11 +138,12 @@ def scoring_flow(
             out = engine.process([], drain=True)
             write_batch(engine, out)
             run.add(out.counts)
+        quality = validate_quality(engine, run_id, quality_process)
     finally:
         consumer.close()
+        quality_process.close()
         if bar is not None:
             bar.close()
-    quality = validate_quality(engine, run_id)
     summary = RunSummary(
         run_id,
         mode,
@@ -164,13 +166,6 @@ def scoring_flow(
         summary.balanced,
     )
     return summary.as_dict()
-
-
-def _warm_up_great_expectations() -> None:
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
 
 
 def _progress(enabled: bool) -> Any:

@@ -10,10 +10,11 @@ state checkpoint (with the next offsets), and only then may the caller commit of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +28,10 @@ from pipeline import sink
 from pipeline.contract import STREAMS, readings_suite_name, stream_contract
 from pipeline.decode import RawBatch, decode, to_readings
 from pipeline.features import READINGS_SCHEMA
+from pipeline.quality import validate_file, write_sample
 from pipeline.score import HISTORY_SCHEMA, Scorer
-from pipeline.validate import route, run_great_expectations
-from pipeline.window import WindowConfig, WindowState, step
+from pipeline.validate import route
+from pipeline.window import WindowConfig, WindowState, step, to_buffer
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -99,8 +101,22 @@ class EngineConfig:
     quality_sample_rows: int = 20_000  # rows per suite and run that Great Expectations itself validates
 
 
+Validator = Callable[[str, Path, Path], dict[str, Any]]  # (suite, sample Parquet, result JSON) -> summary
+
+
+def use_jemalloc() -> None:
+    """Arrow's jemalloc pool, unless ARROW_DEFAULT_MEMORY_POOL says otherwise. Measured on a drain of 2.5M
+    buffered readings: peak RSS 745 MiB with jemalloc, 980 with mimalloc (Arrow's default), 907 with the
+    system allocator; freed batch memory is returned between batches (see Engine.write)."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    with contextlib.suppress(NotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig, scorer: Scorer) -> None:
+        use_jemalloc()
         self.cfg = cfg
         self.scorer = scorer
         self.state = WindowState()
@@ -111,7 +127,7 @@ class Engine:
         saved = sink.load_state(cfg.lake, cfg.group)
         if saved is not None:
             tables, meta = saved
-            self.state.buffer = tables.get("buffer", READINGS_SCHEMA.empty_table())
+            self.state.buffer = to_buffer(tables.get("buffer", READINGS_SCHEMA.empty_table()))
             self.history = tables.get("history", HISTORY_SCHEMA.empty_table())
             self.state.source_high_ms = {k: int(v) for k, v in meta["source_high_ms"].items()}
             self.state.watermark_ms = meta["watermark_ms"]
@@ -197,6 +213,7 @@ class Engine:
         for name in sink.DATASETS:
             sink.write_dataset(self.cfg.lake, name, getattr(out, name), out.batch_id)
         self.checkpoint()
+        pa.default_memory_pool().release_unused()  # hand freed batch memory back to the OS between batches
 
     def checkpoint(self) -> None:
         meta = {
@@ -208,9 +225,9 @@ class Engine:
         }
         sink.save_state(self.cfg.lake, self.cfg.group, {"buffer": self.state.buffer, "history": self.history}, meta)
 
-    def validate_quality(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def validate_quality(self, run_id: str, validator: Validator | None = None) -> dict[str, dict[str, Any]]:
         """Run Great Expectations on this run's sample of every suite; store and return the summaries."""
-        return self.quality.validate(self.cfg.lake / "_quality", run_id)
+        return self.quality.validate(self.cfg.lake / "_quality", run_id, validator)
 
 
 class QualitySample:
@@ -234,28 +251,16 @@ class QualitySample:
         self.tables.setdefault(suite, []).append(part)
         self.rows[suite] += len(part)
 
-    def validate(self, out_dir: Path, run_id: str) -> dict[str, dict[str, Any]]:
+    def validate(self, out_dir: Path, run_id: str, validator: Validator | None = None) -> dict[str, dict[str, Any]]:
+        """Write each suite's sample to out_dir/<suite>/<run_id>.parquet and have Great Expectations validate
+        it (result beside it as .json); `validator` defaults to this process."""
         summaries: dict[str, dict[str, Any]] = {}
         for suite, parts in self.tables.items():
             table = pa.concat_tables(parts)
             drop = [c for c in ("src",) if c in table.column_names]
-            result = run_great_expectations(table.drop_columns(drop), suite)
-            path = out_dir / suite / f"{run_id}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1, default=str))
-            failed = {
-                f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}": r[
-                    "result"
-                ].get("unexpected_count", 0)
-                for r in result["results"]
-                if not r["success"]
-            }
-            summaries[suite] = {
-                "rows": len(table),
-                "success": result["success"],
-                "failed": failed,
-                "path": str(path),
-            }
+            sample = out_dir / suite / f"{run_id}.parquet"
+            write_sample(table.drop_columns(drop), sample)
+            summaries[suite] = (validator or validate_file)(suite, sample, sample.with_suffix(".json"))
         self.tables.clear()
         self.rows.clear()
         return summaries

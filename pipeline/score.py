@@ -92,7 +92,7 @@ def sequences(
 class Scorer:
     """Wraps a checkpoint for batch inference on CPU."""
 
-    def __init__(self, checkpoint: Checkpoint, levels: RiskLevels | None = None, batch_size: int = 8192) -> None:
+    def __init__(self, checkpoint: Checkpoint, levels: RiskLevels | None = None, batch_size: int = 2048) -> None:
         if checkpoint.feature_names != MODEL_FEATURES:
             raise ValueError("checkpoint was trained on a different feature set; retrain it (vitalstream train)")
         self.checkpoint = checkpoint

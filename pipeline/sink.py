@@ -74,7 +74,8 @@ def save_state(lake: Path, group: str, tables: dict[str, pa.Table], meta: dict[s
     try:
         (root / gen).mkdir(parents=True)
         for name, table in tables.items():
-            with ipc.new_file(root / gen / f"{name}.arrow", table.schema) as writer:
+            # IPC stream format: unlike the file format it allows a dictionary per batch (the buffer's)
+            with ipc.new_stream(root / gen / f"{name}.arrow", table.schema) as writer:
                 writer.write_table(table)
         (root / gen / "state.json").write_text(json.dumps(meta, indent=1))
         tmp = root / f".CURRENT.{gen}"
@@ -95,6 +96,8 @@ def load_state(lake: Path, group: str) -> tuple[dict[str, pa.Table], dict[str, A
     gen = root / current.read_text().strip()
     tables = {}
     for path in gen.glob("*.arrow"):
-        with ipc.open_file(path) as reader:
+        with path.open("rb") as f:
+            is_file_format = f.read(6) == b"ARROW1"  # checkpoints written before the switch to streams
+        with ipc.open_file(path) if is_file_format else ipc.open_stream(path) as reader:
             tables[path.stem] = reader.read_all()
     return tables, json.loads((gen / "state.json").read_text())

@@ -48,9 +48,23 @@ class WindowConfig:
         return int(self.idle_timeout.total_seconds() * 1000)
 
 
+# Open windows hold every reading until they close, so the buffer stores its repetitive text columns
+# dictionary-encoded (about 45 instead of 75 bytes a reading); closing decodes only the closing rows.
+BUFFER_SCHEMA = pa.schema(
+    [
+        f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in ("patient_id", "device_id", "stream") else f
+        for f in READINGS_SCHEMA
+    ]
+)
+
+
+def to_buffer(readings: pa.Table) -> pa.Table:
+    return readings.select(BUFFER_SCHEMA.names).cast(BUFFER_SCHEMA)
+
+
 @dataclass
 class WindowState:
-    buffer: pa.Table = field(default_factory=READINGS_SCHEMA.empty_table)  # readings of open windows
+    buffer: pa.Table = field(default_factory=lambda: BUFFER_SCHEMA.empty_table())  # readings of open windows
     source_high_ms: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> max event time
     watermark_ms: int | None = None
     dedupe: DedupeIndex | None = field(default=None, repr=False, compare=False)  # derived from `buffer`
@@ -141,7 +155,7 @@ def step(
     late = late_mask(t_ms, state.watermark_ms, cfg)
     if state.dedupe is None:
         state.dedupe = DedupeIndex(cfg.window_ms)
-        state.dedupe.add(*state.dedupe.keys(state.buffer))
+        state.dedupe.add(*state.dedupe.keys(state.buffer.cast(READINGS_SCHEMA)))
     start, key = state.dedupe.keys(readings)
     duplicate = np.zeros(len(readings), dtype=bool)
     candidates = np.flatnonzero(~late)
@@ -150,7 +164,7 @@ def step(
     state.dedupe.add(start[accepted_idx], key[accepted_idx])
     accepted = readings.take(pa.array(accepted_idx))
     _advance_sources(state, accepted.column("source"), t_ms[accepted_idx])
-    state.buffer = pa.concat_tables([state.buffer, accepted.select(READINGS_SCHEMA.names)])
+    state.buffer = pa.concat_tables([state.buffer, to_buffer(accepted)])
     state.watermark_ms = watermark(state, cfg, lagging)
     windows, n_windowed = close_windows(state, cfg, drain)
     state.dedupe.drop_closed(state.watermark_ms, cfg.lateness_ms, drain)
@@ -190,7 +204,7 @@ def close_windows(state: WindowState, cfg: WindowConfig, drain: bool = False) ->
     """Emit features of every buffered window the watermark has passed (all of them when draining)."""
     buf = state.buffer
     if len(buf) == 0 or (state.watermark_ms is None and not drain):
-        return window_features(buf.slice(0, 0), cfg.window_ms), 0
+        return window_features(READINGS_SCHEMA.empty_table(), cfg.window_ms), 0
     t_ms = _ms(buf.column("event_time"))
     if drain:
         closing = np.ones(len(buf), dtype=bool)
@@ -198,10 +212,31 @@ def close_windows(state: WindowState, cfg: WindowConfig, drain: bool = False) ->
         assert state.watermark_ms is not None
         closing = late_mask(t_ms, state.watermark_ms, cfg)
     if not closing.any():
-        return window_features(buf.slice(0, 0), cfg.window_ms), 0
-    closed = buf.filter(pa.array(closing))
+        return window_features(READINGS_SCHEMA.empty_table(), cfg.window_ms), 0
     state.buffer = buf.filter(pa.array(~closing))
-    return window_features(closed, cfg.window_ms), len(closed)
+    # Features a group of whole windows at a time, so that a drain of a large buffer needs little extra memory.
+    start = t_ms // cfg.window_ms
+    parts = []
+    for lo, hi in _window_groups(start[closing], CLOSE_CHUNK_ROWS):
+        rows = buf.filter(pa.array(closing & (start >= lo) & (start < hi))).cast(READINGS_SCHEMA)
+        parts.append(window_features(rows, cfg.window_ms))
+    return pa.concat_tables(parts), int(closing.sum())
+
+
+CLOSE_CHUNK_ROWS = 250_000
+
+
+def _window_groups(start: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of window numbers, each holding about `max_rows` readings or one whole window."""
+    windows, counts = np.unique(start, return_counts=True)
+    groups, lo, rows = [], int(windows[0]), 0
+    for w, c in zip(windows.tolist(), counts.tolist(), strict=True):
+        if rows and rows + c > max_rows:
+            groups.append((lo, w))
+            lo, rows = w, 0
+        rows += c
+    groups.append((lo, int(windows[-1]) + 1))
+    return groups
 
 
 def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
