@@ -165,6 +165,8 @@ def main() -> None:
             f"{'end to end incl. Prefect start-up':<38}{s['consumed'] / wall:>12,.0f} readings/s   (wall {wall:.1f} s)"
         )
         for role, kib in sorted(sampler.by_process.items(), key=lambda kv: -kv[1]):
+            if kib < 1024:
+                continue  # short-lived helpers (a shell, a compiler probe)
             print(f"{'peak RSS, ' + role:<38}{kib / 1024:>12,.0f} MiB")
         print(f"{'peak RSS, all of them at once':<38}{sampler.peak_kib / 1024:>12,.0f} MiB")
         print(
