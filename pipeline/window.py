@@ -11,9 +11,13 @@ Semantics (as in Kafka Streams' grace period and Flink's bounded lateness):
   trails the leading source's by more than `idle_timeout` (event time, so a replay closes the same
   windows as the live run): a sensor that went quiet does not stall every patient's windows.
   The watermark never goes back.
-- A window closes when watermark >= window_end + allowed_lateness; its readings leave the buffer and its
-  features are emitted once. A reading for a window that has closed is late (quarantined as `late`).
-- A reading equal to one already buffered (same patient, stream, device and event time) is a duplicate.
+- Windows aggregate incrementally: each batch's readings reduce to partial sums per (patient, window,
+  stream) that merge into the open windows' partials (pipeline.features), so the state grows with
+  patients x open windows, not with readings.
+- A window closes when watermark >= window_end + allowed_lateness; its features are emitted once. A
+  reading for a window that has closed is late (quarantined as `late`).
+- A reading equal to one already in an open window (same patient, stream, device and event time) is a
+  duplicate: open windows keep their readings' identities (8 bytes each) for this.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.features import READINGS_SCHEMA, window_features
+from pipeline.features import PARTIAL_SCHEMA, finish, merge_partials, partials
 
 
 @dataclass(frozen=True)
@@ -48,36 +52,30 @@ class WindowConfig:
         return int(self.idle_timeout.total_seconds() * 1000)
 
 
-# Open windows hold every reading until they close, so the buffer stores its repetitive text columns
-# dictionary-encoded (about 45 instead of 75 bytes a reading); closing decodes only the closing rows.
-BUFFER_SCHEMA = pa.schema(
-    [
-        f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in ("patient_id", "device_id", "stream") else f
-        for f in READINGS_SCHEMA
-    ]
-)
-
-
-def to_buffer(readings: pa.Table) -> pa.Table:
-    return readings.select(BUFFER_SCHEMA.names).cast(BUFFER_SCHEMA)
-
-
 @dataclass
 class WindowState:
-    buffer: pa.Table = field(default_factory=lambda: BUFFER_SCHEMA.empty_table())  # readings of open windows
+    """What a run carries from batch to batch (and the state checkpoint from run to run)."""
+
+    # Open windows, aggregated incrementally: one PARTIAL_SCHEMA row per (patient, window, stream).
+    open: pa.Table = field(default_factory=PARTIAL_SCHEMA.empty_table)
     source_high_ms: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> max event time
     watermark_ms: int | None = None
-    dedupe: DedupeIndex | None = field(default=None, repr=False, compare=False)  # derived from `buffer`
+    dedupe: DedupeIndex | None = field(default=None, repr=False)  # identities of the open windows' readings
+
+    @property
+    def open_readings(self) -> int:
+        """Readings counted in windows that have not closed yet."""
+        return int(pc.sum(self.open.column("count")).as_py() or 0)
 
 
 class DedupeIndex:
-    """The buffered readings' identities, as sorted integer keys per open window.
+    """The open windows' readings' identities, as sorted integer keys per window.
 
     A duplicate has the same event time, hence the same window, as its original, so each window keeps its
     own sorted array: key = series code x window length + offset in the window, where a series is
     (patient, stream, device) and codes come from a dictionary of the series seen so far. A batch costs
-    string work on its own rows only and a binary search per row; closing a window drops its array. The
-    index is derived state: it is not checkpointed but rebuilt from the buffer when a run resumes.
+    string work on its own rows only and a binary search per row; closing a window drops its array. It is
+    part of the state checkpoint (`to_tables` / `from_tables`).
     """
 
     def __init__(self, window_ms: int) -> None:
@@ -125,6 +123,27 @@ class DedupeIndex:
             merged.sort(kind="stable")  # two sorted runs: linear
             self.by_window[w] = merged
 
+    def to_tables(self) -> dict[str, pa.Table]:
+        windows = list(self.by_window)
+        counts = [len(self.by_window[w]) for w in windows]
+        keys = np.concatenate([self.by_window[w] for w in windows]) if windows else np.zeros(0, np.int64)
+        return {
+            "dedupe_series": pa.table({"series": self.series}),
+            "dedupe_keys": pa.table({"window_start": np.repeat(np.asarray(windows, np.int64), counts), "key": keys}),
+        }
+
+    @classmethod
+    def from_tables(cls, window_ms: int, tables: dict[str, pa.Table]) -> DedupeIndex:
+        index = cls(window_ms)
+        if "dedupe_series" in tables:
+            index.series = tables["dedupe_series"].column("series").combine_chunks().cast(pa.string())
+        if "dedupe_keys" in tables and len(tables["dedupe_keys"]):
+            start = tables["dedupe_keys"].column("window_start").to_numpy()
+            key = tables["dedupe_keys"].column("key").to_numpy()
+            for w in np.unique(start).tolist():
+                index.by_window[w] = np.sort(key[start == w])
+        return index
+
     def drop_closed(self, watermark_ms: int | None, lateness_ms: int, drain: bool) -> None:
         for w in list(self.by_window):
             if drain or (watermark_ms is not None and w + self.window_ms + lateness_ms <= watermark_ms):
@@ -155,7 +174,6 @@ def step(
     late = late_mask(t_ms, state.watermark_ms, cfg)
     if state.dedupe is None:
         state.dedupe = DedupeIndex(cfg.window_ms)
-        state.dedupe.add(*state.dedupe.keys(state.buffer.cast(READINGS_SCHEMA)))
     start, key = state.dedupe.keys(readings)
     duplicate = np.zeros(len(readings), dtype=bool)
     candidates = np.flatnonzero(~late)
@@ -164,7 +182,7 @@ def step(
     state.dedupe.add(start[accepted_idx], key[accepted_idx])
     accepted = readings.take(pa.array(accepted_idx))
     _advance_sources(state, accepted.column("source"), t_ms[accepted_idx])
-    state.buffer = pa.concat_tables([state.buffer, to_buffer(accepted)])
+    state.open = merge_partials(state.open, partials(accepted, cfg.window_ms))
     state.watermark_ms = watermark(state, cfg, lagging)
     windows, n_windowed = close_windows(state, cfg, drain)
     state.dedupe.drop_closed(state.watermark_ms, cfg.lateness_ms, drain)
@@ -201,42 +219,17 @@ def watermark(state: WindowState, cfg: WindowConfig, lagging: Collection[str] = 
 
 
 def close_windows(state: WindowState, cfg: WindowConfig, drain: bool = False) -> tuple[pa.Table, int]:
-    """Emit features of every buffered window the watermark has passed (all of them when draining)."""
-    buf = state.buffer
-    if len(buf) == 0 or (state.watermark_ms is None and not drain):
-        return window_features(READINGS_SCHEMA.empty_table(), cfg.window_ms), 0
-    t_ms = _ms(buf.column("event_time"))
-    if drain:
-        closing = np.ones(len(buf), dtype=bool)
-    else:
-        assert state.watermark_ms is not None
-        closing = late_mask(t_ms, state.watermark_ms, cfg)
+    """Emit features of every open window the watermark has passed (all of them when draining)."""
+    part = state.open
+    if len(part) == 0 or (state.watermark_ms is None and not drain):
+        return finish(PARTIAL_SCHEMA.empty_table(), cfg.window_ms), 0
+    end_ms = (part.column("window").to_numpy() + 1) * cfg.window_ms
+    closing = np.ones(len(part), dtype=bool) if drain else end_ms + cfg.lateness_ms <= state.watermark_ms
     if not closing.any():
-        return window_features(READINGS_SCHEMA.empty_table(), cfg.window_ms), 0
-    state.buffer = buf.filter(pa.array(~closing))
-    # Features a group of whole windows at a time, so that a drain of a large buffer needs little extra memory.
-    start = t_ms // cfg.window_ms
-    parts = []
-    for lo, hi in _window_groups(start[closing], CLOSE_CHUNK_ROWS):
-        rows = buf.filter(pa.array(closing & (start >= lo) & (start < hi))).cast(READINGS_SCHEMA)
-        parts.append(window_features(rows, cfg.window_ms))
-    return pa.concat_tables(parts), int(closing.sum())
-
-
-CLOSE_CHUNK_ROWS = 250_000
-
-
-def _window_groups(start: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of window numbers, each holding about `max_rows` readings or one whole window."""
-    windows, counts = np.unique(start, return_counts=True)
-    groups, lo, rows = [], int(windows[0]), 0
-    for w, c in zip(windows.tolist(), counts.tolist(), strict=True):
-        if rows and rows + c > max_rows:
-            groups.append((lo, w))
-            lo, rows = w, 0
-        rows += c
-    groups.append((lo, int(windows[-1]) + 1))
-    return groups
+        return finish(PARTIAL_SCHEMA.empty_table(), cfg.window_ms), 0
+    closed = part.filter(pa.array(closing))
+    state.open = part.filter(pa.array(~closing))
+    return finish(closed, cfg.window_ms), int(pc.sum(closed.column("count")).as_py())
 
 
 def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

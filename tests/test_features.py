@@ -3,8 +3,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 from conftest import T0
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.features import window_columns, window_features
+from pipeline.features import PARTIAL_SCHEMA, finish, merge_partials, partials, window_columns, window_features
 
 MIN = 60_000
 
@@ -75,3 +77,49 @@ def test_windows_are_separate_per_patient_and_time() -> None:
     w = window_features(table(rows), 5 * MIN)
     assert len(w) == 9
     assert w.column("respiration_count").to_pylist().count(5) == 6
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["P1", "P2"]),
+            st.sampled_from(["glucose", "heart_rate", "respiration", "fall"]),
+            st.integers(0, 20 * 60),  # seconds
+            st.floats(0, 300, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(1, 6),
+)
+def test_incremental_aggregation_equals_aggregating_all_at_once(
+    rows: list[tuple[str, str, int, float]], parts: int
+) -> None:
+    t = table(
+        [
+            {
+                "patient_id": p,
+                "stream": s,
+                "event_time": T0 + sec * 1000,
+                "value": v,
+                "fall_confidence": 0.5 if s == "fall" else None,
+                "impact_g": v / 100 if s == "fall" else None,
+                "censored": v > 250 and s == "glucose",
+            }
+            for p, s, sec, v in rows
+        ]
+    )
+    size = max(1, len(rows) // parts)
+    merged = PARTIAL_SCHEMA.empty_table()
+    for i in range(0, len(rows), size):
+        merged = merge_partials(merged, partials(t.slice(i, size), 5 * MIN))
+    got, want = finish(merged, 5 * MIN).to_pylist(), window_features(t, 5 * MIN).to_pylist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for k in g:
+            if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=1e-9, abs=1e-9), k
+            else:
+                assert g[k] == w[k], k

@@ -54,7 +54,7 @@ def test_window_edges_are_half_open_and_epoch_aligned() -> None:
     s = step(state, r, CFG)
     assert starts(s.windows) == [T0, T0 + 5 * MIN]
     assert s.windows.column("heart_rate_bpm_mean").to_pylist() == [60, 90]
-    assert s.windowed_readings == 2 and len(state.buffer) == 1
+    assert s.windowed_readings == 2 and state.open_readings == 1
 
 
 def test_window_closes_only_after_allowed_lateness() -> None:
@@ -153,7 +153,7 @@ def test_drain_closes_everything_and_accounting_holds() -> None:
         drain=True,
     )
     windowed += s.windowed_readings
-    assert len(state.buffer) == 0
+    assert state.open_readings == 0
     assert late > 0 and dups > 0
     assert total == windowed + dups + late
 
