@@ -53,8 +53,11 @@ class RssSampler(threading.Thread):
         self.by_process: dict[str, int] = {}  # role -> peak KiB
 
     def run(self) -> None:
+        root_cmd = _cmdline(self.pid)
         while not self.stop.wait(0.01):
-            rss = {p: _rss_kib(p) for p in _tree(self.pid)}
+            # A child caught between fork and exec still shows the parent's command line and shares its
+            # pages: not counted.
+            rss = {p: _rss_kib(p) for p in _tree(self.pid) if p == self.pid or _cmdline(p) != root_cmd}
             self.peak_kib = max(self.peak_kib, sum(rss.values()))
             for p, kib in rss.items():
                 role = "scoring process" if p == self.pid else _role(p)
@@ -72,11 +75,15 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _role(pid: int) -> str:
+def _cmdline(pid: int) -> str:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return "other"
+        return ""
+
+
+def _role(pid: int) -> str:
+    cmd = _cmdline(pid)
     for needle, role in (("consumer_process", "consumer process"), ("pipeline.quality", "quality helper (GE)")):
         if needle in cmd:
             return role
@@ -165,7 +172,7 @@ def main() -> None:
             f"{'end to end incl. Prefect start-up':<38}{s['consumed'] / wall:>12,.0f} readings/s   (wall {wall:.1f} s)"
         )
         for role, kib in sorted(sampler.by_process.items(), key=lambda kv: -kv[1]):
-            if kib < 1024:
+            if kib < 64 * 1024 and role == "other":
                 continue  # short-lived helpers (a shell, a compiler probe)
             print(f"{'peak RSS, ' + role:<38}{kib / 1024:>12,.0f} MiB")
         print(f"{'peak RSS, all of them at once':<38}{sampler.peak_kib / 1024:>12,.0f} MiB")
