@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "replay", help="produce the BIDMC ICU recordings (real heart and respiration rates, PhysioNet) to Kafka"
     )
-    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy in tests/data/bidmc/)")
+    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy shipped in pipeline/bidmc_data/)")
     rp.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     rp.set_defaults(handler=cmd_replay)
 

@@ -2,7 +2,7 @@
 
 BIDMC PPG and Respiration Dataset v1.0.0 (Pimentel et al., IEEE TBME 2016; Goldberger et al., Circulation
 2000): heart rate and respiration rate at 1 Hz from 53 ICU patients, 8 minutes each. A copy with its
-licence and attribution is in tests/data/bidmc/. SpO2 and pulse are not among VitalStream's streams and are
+licence and attribution ships in pipeline/bidmc_data/. SpO2 and pulse are not among VitalStream's streams and are
 not sent. Missing samples (empty cells) are not sent: a device that has no value sends nothing.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline.simulate import Message
 
-BIDMC_CSV = Path(__file__).resolve().parents[1] / "tests" / "data" / "bidmc" / "bidmc_numerics_1hz.csv.gz"
+BIDMC_CSV = Path(__file__).resolve().parent / "bidmc_data" / "bidmc_numerics_1hz.csv.gz"
 _STREAMS = {
     "heart_rate": ("hr_bpm", "heart_rate_bpm", "hr"),
     "respiration": ("resp_rate_breaths_per_min", "respiration_rate_per_min", "rr"),

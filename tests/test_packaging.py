@@ -40,6 +40,7 @@ def test_wheel_contains_schemas_and_checkpoint(tmp_path: Path) -> None:
     assert "schemas/expectations/windows.json" in names
     assert "schemas/outputs.json" in names
     assert "models/checkpoints/risk_lstm.pt" in names
+    assert "pipeline/bidmc_data/bidmc_numerics_1hz.csv.gz" in names and "pipeline/bidmc_data/README.md" in names
     assert "pipeline/cli.py" in names and "flows/scoring.py" in names
 
 
