@@ -11,7 +11,6 @@ state checkpoint (with the next offsets), and only then may the caller commit of
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -84,7 +83,8 @@ class Totals:
 
 @dataclass
 class BatchOutput:
-    batch_id: str
+    batch_id: str  # "<group>-<seq>": names this batch's Parquet files
+    seq: int
     risk_scores: pa.Table
     windows: pa.Table
     quarantine: pa.Table
@@ -124,6 +124,8 @@ class Engine:
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to read
         self.totals = Totals()  # since the group's first run
         self.quality = QualitySample(cfg.quality_sample_rows)
+        self.seq = 0  # batches checkpointed so far, in this group
+        self.tag = sink.file_tag(cfg.group)
         saved = sink.load_state(cfg.lake, cfg.group)
         if saved is not None:
             tables, meta = saved
@@ -133,6 +135,7 @@ class Engine:
             self.state.source_high_ms = {k: int(v) for k, v in meta["source_high_ms"].items()}
             self.state.watermark_ms = meta["watermark_ms"]
             self.offsets = {k: int(v) for k, v in meta["offsets"].items()}
+            self.seq = int(meta.get("seq", 0))
             t = meta["totals"]
             self.totals = Totals(
                 t["consumed"],
@@ -142,6 +145,9 @@ class Engine:
                 t["windows"],
                 t["scored"],
             )
+        # Files of a batch that was written but never checkpointed (a crash in between) go: the batch is
+        # read again from the checkpoint's offsets and written again under the same sequence number.
+        sink.remove_after(cfg.lake, self.tag, self.seq)
 
     @property
     def pending(self) -> int:
@@ -207,12 +213,14 @@ class Engine:
                     key = f"{b.topic}:{p}"
                     self.offsets[key] = max(self.offsets.get(key, 0), int(b.offsets[b.partitions == p].max()) + 1)
         self.totals.add(counts)
-        return BatchOutput(_batch_id(batches), scores, windows, q, counts, pending_before, self.pending)
+        seq = self.seq + 1
+        return BatchOutput(f"{self.tag}-{seq:09d}", seq, scores, windows, q, counts, pending_before, self.pending)
 
     def write(self, out: BatchOutput) -> None:
         """Parquet first, then the state checkpoint; the caller commits Kafka offsets after this returns."""
         for name in sink.DATASETS:
             sink.write_dataset(self.cfg.lake, name, getattr(out, name), out.batch_id)
+        self.seq = out.seq
         self.checkpoint()
         pa.default_memory_pool().release_unused()  # hand freed batch memory back to the OS between batches
 
@@ -221,6 +229,7 @@ class Engine:
             "source_high_ms": self.state.source_high_ms,
             "watermark_ms": self.state.watermark_ms,
             "offsets": self.offsets,
+            "seq": self.seq,
             "totals": self.totals.as_dict(),
             "saved_at": datetime.now(UTC).isoformat(),
         }
@@ -291,17 +300,6 @@ def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detai
         },
         schema=QUARANTINE_SCHEMA,
     )
-
-
-def _batch_id(batches: list[RawBatch]) -> str:
-    """Named after the input: the same offsets give the same file names, so a replay overwrites."""
-    parts = sorted(
-        f"{b.topic}:{p}:{int(b.offsets[b.partitions == p].min())}-{int(b.offsets[b.partitions == p].max())}"
-        for b in batches
-        if len(b)
-        for p in np.unique(b.partitions).tolist()
-    )
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20] if parts else "drain"
 
 
 def _prune_stale(context: pa.Table, watermark_ms: int | None, window_ms: int, length: int) -> pa.Table:

@@ -1,11 +1,14 @@
-"""The lake: hive-partitioned Parquet (`<dataset>/date=YYYY-MM-DD/part-<batch>.parquet`) and the state
-checkpoint. Files appear atomically (written aside, then renamed) and are named after the input they
-came from, so a replay overwrites instead of doubling."""
+"""The lake: hive-partitioned Parquet (`<dataset>/date=YYYY-MM-DD/part-<group>-<seq>.parquet`) and the state
+checkpoint. Files appear atomically (written aside, then renamed). They are named by the consumer group and
+the batch's sequence number, which the state checkpoint records: after a crash between a batch's files and
+its checkpoint, the restart removes that batch's files and writes the batch again under the same number,
+so nothing is doubled."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -31,6 +34,23 @@ def ensure_writable(lake: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise LakeNotWritable(f"lake {lake} is not writable: {exc.strerror or exc}") from exc
+
+
+def file_tag(group: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", group)
+
+
+def remove_after(lake: Path, tag: str, seq: int) -> list[Path]:
+    """Delete the files of batches numbered above `seq` (written, never checkpointed); returns them."""
+    pattern = re.compile(rf"part-{re.escape(tag)}-(\d+)\.parquet$")
+    removed = []
+    for dataset in DATASETS:
+        for path in (lake / dataset).glob(f"date=*/part-{tag}-*.parquet"):
+            m = pattern.search(path.name)
+            if m and int(m.group(1)) > seq:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_dataset(lake: Path, dataset: str, table: pa.Table, batch_id: str) -> list[Path]:
