@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _sim_batches(messages: list, cuts: list[int]) -> list[list]:
         position.append(offsets.get(m.stream, 0))
         offsets[m.stream] = position[-1] + 1
     out = []
-    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+    for lo, hi in itertools.pairwise(cuts):
         by: dict[str, list[int]] = {}
         for i in range(lo, hi):
             by.setdefault(messages[i].stream, []).append(i)
