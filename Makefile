@@ -6,7 +6,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: setup demo test bench lint train clean
+.PHONY: setup demo test soak bench lint train clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+soak: setup  # the crash test with many kill trials (make test runs 2)
+	KILL_TRIALS=$${KILL_TRIALS:-20} $(PY) -m pytest -s tests/test_crash.py
 
 bench: setup
 	$(PY) bench/throughput.py

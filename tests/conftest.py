@@ -57,3 +57,33 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     ckpt.save(path)
     return path
+
+
+def lake_rows(lake: Path) -> dict[str, list[tuple]]:
+    """Every row of the three datasets, without wall-clock columns, sorted by their non-float values."""
+    import pyarrow.dataset as ds
+
+    volatile = {"scored_at", "quarantined_at"}
+    out = {}
+    for name in ("risk_scores", "windows", "quarantine"):
+        t = ds.dataset(lake / name, format="parquet", partitioning="hive").to_table()
+        t = t.select([c for c in t.column_names if c not in volatile])
+        rows = [tuple(v if isinstance(v, float) else str(v) for v in r.values()) for r in t.to_pylist()]
+        out[name] = sorted(rows, key=lambda r: tuple(v for v in r if isinstance(v, str)))
+    return out
+
+
+def assert_same_lake(a: Path, b: Path) -> None:
+    """Equal datasets; floats to 1e-5 relative (sums over different batch splits, and the LSTM over
+    different batch sizes, differ in the last bits)."""
+    import math
+
+    left, right = lake_rows(a), lake_rows(b)
+    for name in left:
+        assert len(left[name]) == len(right[name]), name
+        for x, y in zip(left[name], right[name], strict=True):
+            for u, v in zip(x, y, strict=True):
+                if isinstance(u, float) and isinstance(v, float):
+                    assert math.isclose(u, v, rel_tol=1e-5, abs_tol=1e-9) or (math.isnan(u) and math.isnan(v)), (x, y)
+                else:
+                    assert u == v, (name, x, y)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import T0, raw_batch
+from conftest import T0, assert_same_lake, raw_batch
 
 from models.lstm import load_checkpoint
 from pipeline.engine import Engine, EngineConfig
@@ -113,21 +113,6 @@ def _sim_batches(messages: list, cuts: list[int]) -> list[list]:
     return out
 
 
-def _lake_rows(lake: Path) -> dict[str, list[tuple]]:
-    import pyarrow.dataset as ds
-
-    volatile = {"scored_at", "quarantined_at"}
-    out = {}
-    for name in ("risk_scores", "windows", "quarantine"):
-        t = ds.dataset(lake / name, format="parquet", partitioning="hive").to_table()
-        t = t.select([c for c in t.column_names if c not in volatile])
-        # Sums over differently split batches may differ in the last bits: compare to 9 significant digits.
-        out[name] = sorted(
-            tuple(f"{v:.9g}" if isinstance(v, float) else str(v) for v in r.values()) for r in t.to_pylist()
-        )
-    return out
-
-
 def test_a_crash_between_the_files_and_the_checkpoint_doubles_nothing(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """Batch k+1's files are written, then the process dies before its checkpoint. The restart reads from
     the checkpoint's offsets in differently sized batches; the lake must equal that of an uninterrupted run."""
@@ -160,5 +145,5 @@ def test_a_crash_between_the_files_and_the_checkpoint_doubles_nothing(tmp_path: 
         second.write(second.process(batch))
     second.write(second.process([], drain=True))
 
-    assert _lake_rows(lake) == _lake_rows(tmp_path / "clean")
+    assert_same_lake(lake, tmp_path / "clean")
     assert second.totals.consumed == clean.totals.consumed == n
