@@ -72,9 +72,6 @@ class ConsumerProcess:
         """Partitions that still had unread messages right after the poll that gave the last batch."""
         return set(self._lagging)
 
-    def caught_up(self) -> bool:
-        return not self._lagging
-
     def commit(self, offsets: dict[str, int]) -> None:
         if self._control is not None:
             self._control.send(("commit", dict(offsets)))

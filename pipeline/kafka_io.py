@@ -221,10 +221,6 @@ class StreamConsumer:
                 out.add(f"{tp.topic}:{tp.partition}")
         return out
 
-    def caught_up(self) -> bool:
-        """True when every assigned partition's position has reached its high-water mark."""
-        return not self.lagging()
-
     def commit(self, offsets: dict[str, int]) -> None:
         from kafka.structs import OffsetAndMetadata
 
