@@ -313,14 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = TrainConfig(patients=args.patients, hours=args.hours, epochs=args.epochs, seed=args.seed)
-    ckpt, metrics = train(cfg)
-    ckpt.save(args.out)
-    model_card(ckpt, args.out.with_name("model_card.md"))
-    loss_curve(ckpt.training["history"], args.out.with_name("loss_curve.png"))
-    print(json.dumps({h: metrics[h] for h in HEADS}, indent=1))
-    print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB), version {ckpt.version}")
+    from flows.training import training_flow
+
+    result = training_flow(patients=args.patients, hours=args.hours, epochs=args.epochs, seed=args.seed, out=args.out)
+    print(json.dumps({h: result["metrics"][h] for h in HEADS}, indent=1))
+    print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB), version {result['version']}")
     return 0
 
 

@@ -97,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(handler=cmd_run, mode="until-idle")
 
     t = sub.add_parser("train", help="train the risk model on simulated patients")
-    t.add_argument("rest", nargs=argparse.REMAINDER, help="options for models.train (see --help there)")
+    t.add_argument("--patients", type=int, default=400, help="simulated patients (default 400)")
+    t.add_argument("--hours", type=float, default=12.0, help="hours per patient (default 12)")
+    t.add_argument("--epochs", type=int, default=25, help="most epochs; early stopping may end sooner (default 25)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, help="checkpoint path (default: the shipped checkpoint in models/checkpoints/)")
     t.set_defaults(handler=cmd_train)
 
     q = sub.add_parser("query", help="run SQL over the lake with DuckDB (views: risk_scores, windows, quarantine)")
@@ -284,7 +288,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from models import train
 
-    rc: int = train.main(args.rest) or 0
+    argv = ["--patients", str(args.patients), "--hours", str(args.hours), "--epochs", str(args.epochs)]
+    argv += ["--seed", str(args.seed)] + (["--out", str(args.out)] if args.out else [])
+    rc: int = train.main(argv) or 0
     return rc
 
 
