@@ -109,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--lake", type=Path)
     q.set_defaults(handler=cmd_query)
 
-    c = sub.add_parser("config", help="print the effective settings")
+    c = sub.add_parser("config", help="print every setting: effective value, default, environment variable, meaning")
+    c.add_argument("--json", action="store_true", help="the effective values only, as JSON")
     c.set_defaults(handler=cmd_config)
+    _add_operations_commands(sub)
     return p
 
 
@@ -123,7 +125,17 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 def cmd_config(args: argparse.Namespace) -> int:
     import json
 
-    print(json.dumps(_settings(args).describe(), indent=2, default=str))
+    from pipeline.config import documented
+
+    settings = _settings(args)
+    if args.json:
+        print(json.dumps(settings.describe(), indent=2, default=str))
+        return 0
+    for row in documented(settings):
+        value, default = json.dumps(row["value"], default=str), json.dumps(row["default"], default=str)
+        changed = "" if row["value"] == row["default"] else f"   (default {default})"
+        print(f"{row['name']} = {value}{changed}")
+        print(f"    {row['doc']}  [{row['env']}]")
     return 0
 
 
@@ -300,6 +312,82 @@ def _bar(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit=" msg", unit_scale=True, desc=desc, file=sys.stderr)
+
+
+# --- issue 5: operations (serve, compact, quality, report) ---------------------------------------------
+
+
+def _add_operations_commands(sub: Any) -> None:
+    sv = sub.add_parser(
+        "serve", help="serve the scheduled Prefect deployments (scoring, compaction, quality report, retraining)"
+    )
+    sv.add_argument("--bootstrap", help="Kafka bootstrap address for the scoring deployment")
+    sv.add_argument("--lake", type=Path)
+    sv.add_argument("--list", action="store_true", help="print the deployments and their schedules, serve nothing")
+    sv.set_defaults(handler=cmd_serve)
+
+    cp = sub.add_parser("compact", help="merge each date partition's small Parquet files (safe beside a run)")
+    cp.add_argument("--lake", type=Path)
+    cp.set_defaults(handler=cmd_compact)
+
+    qa = sub.add_parser("quality", help="rebuild the Great Expectations Data Docs site from the kept validations")
+    qa.add_argument("--lake", type=Path)
+    qa.set_defaults(handler=cmd_quality)
+
+    rp = sub.add_parser("report", help="one patient's streams, risk, alerts and gaps as HTML + PNG")
+    rp.add_argument("--patient", required=True, help="patient id, e.g. P000042")
+    rp.add_argument("--hours", type=float, help="hours shown, ending at the patient's last window (default 24)")
+    rp.add_argument("--lake", type=Path)
+    rp.add_argument("--out", type=Path, help="output directory (default <lake>/_reports)")
+    rp.set_defaults(handler=cmd_report)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import deployments, serve_all
+
+    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake)
+    built = deployments(settings, config_file=args.config)
+    for d in built:
+        crons = ", ".join(s.schedule.cron for s in d.schedules or [] if hasattr(s.schedule, "cron"))
+        print(f"{d.name:<28} {crons:<14} {d.entrypoint}")
+    if args.list:
+        return 0
+    serve_all(built)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from pipeline.compact import compact
+
+    settings = _settings(args, lake=args.lake)
+    r = compact(settings.lake, int(settings.compact_target_mb * 2**20))
+    print(
+        f"compacted {settings.lake}: {r.files_before} -> {r.files_after} files, {r.rows:,} rows rewritten, "
+        f"{r.bytes_before / 2**20:.1f} -> {r.bytes_after / 2**20:.1f} MiB in {r.seconds:.2f} s"
+        + (f" ({r.repaired} files of an interrupted run removed)" if r.repaired else "")
+    )
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from pipeline.datadocs import build_data_docs
+
+    settings = _settings(args, lake=args.lake)
+    site = build_data_docs(settings.lake)
+    print(
+        f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    settings = _settings(args, lake=args.lake)
+    hours = args.hours or settings.report_hours
+    html, png = write_report(settings.lake, args.patient, hours, args.out, settings.levels())
+    print(f"report for {args.patient}: {html}  (picture: {png})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,15 @@ class Settings:
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
+    # issue 5: operations
+    score_cron: str = "* * * * *"
+    compact_cron: str = "0 * * * *"
+    quality_cron: str = "30 6 * * *"
+    retrain_cron: str = "0 2 * * *"
+    schedule_timezone: str = "UTC"
+    compact_target_mb: float = 128.0
+    report_hours: float = 24.0
+    artifact_top_patients: int = 10
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -74,6 +83,51 @@ class Settings:
         doc = asdict(self)
         doc["kafka_security"] = {k: ("***" if "password" in k else v) for k, v in self.kafka_security.items()}
         return doc
+
+
+# One line per setting, shown by `vitalstream config` and checked against the README's table by a test.
+# Kept beside the class rather than as field metadata so that adding a setting touches no existing line.
+SETTING_DOCS: dict[str, str] = {
+    "bootstrap": "Kafka bootstrap address(es), host:port[,host:port]; run/simulate need one, demo starts its own",
+    "topic_prefix": "topic names are prefix + stream (glucose, heart_rate, respiration, fall)",
+    "partitions": "partitions per topic when creating them, equal for all four; bounds the scoring workers",
+    "group": "consumer group; also names the state checkpoint under lake/_state/ and the Parquet files",
+    "lake": "output directory (risk_scores/, windows/, quarantine/, _quality/, _state/)",
+    "window_minutes": "tumbling window length, aligned to the epoch",
+    "allowed_lateness_minutes": "how long after its end a window waits for out-of-order readings",
+    "idle_timeout_minutes": "event time a partition may trail the leader before it stops holding the watermark",
+    "risk_medium": "calibrated probability at which risk_level becomes medium",
+    "risk_high": "calibrated probability at which risk_level becomes high",
+    "model_path": "an alternative .pt checkpoint (default: the shipped one)",
+    "max_batch_records": "messages per micro-batch",
+    "quality_sample_rows": "rows per suite and run that Great Expectations itself validates",
+    "connect_timeout_s": "how long to wait for the broker before failing",
+    "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",
+    "score_cron": "`vitalstream serve`: when the scoring deployment runs (cron)",
+    "compact_cron": "`vitalstream serve`: when Parquet compaction runs (cron)",
+    "quality_cron": "`vitalstream serve`: when the data-quality report (Data Docs) is rebuilt (cron)",
+    "retrain_cron": "`vitalstream serve`: when the model is retrained (cron); writes a candidate checkpoint",
+    "schedule_timezone": "time zone the cron schedules are read in",
+    "compact_target_mb": "compaction merges a date partition's small files into files of about this size",
+    "report_hours": "`vitalstream report`: hours shown, ending at the patient's last window",
+    "artifact_top_patients": "rows of the highest-risk table each scoring run publishes as a Prefect artifact",
+}
+
+
+def documented(settings: Settings) -> list[dict[str, Any]]:
+    """Every setting with its effective value, default, environment variable and one-line doc."""
+    defaults = Settings()
+    shown = settings.describe()
+    return [
+        {
+            "name": f.name,
+            "value": shown[f.name],
+            "default": getattr(defaults, f.name),
+            "env": f"VITALSTREAM_{f.name.upper()}",
+            "doc": SETTING_DOCS.get(f.name, ""),
+        }
+        for f in fields(Settings)
+    ]
 
 
 def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -126,4 +180,6 @@ def _coerce(s: Settings) -> Settings:
         raise ConfigError("partitions must be >= 1, window_minutes > 0, allowed_lateness_minutes >= 0")
     if not 0 < settings.risk_medium < settings.risk_high < 1:
         raise ConfigError("risk thresholds must satisfy 0 < risk_medium < risk_high < 1")
+    if settings.compact_target_mb <= 0 or settings.report_hours <= 0 or settings.artifact_top_patients < 1:
+        raise ConfigError("compact_target_mb and report_hours must be > 0, artifact_top_patients >= 1")
     return settings

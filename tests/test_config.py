@@ -1,0 +1,53 @@
+"""One settings object: every setting documented (code and README) and shown by `vitalstream config`."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import SETTING_DOCS, Settings, load_settings
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_configuration_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Configuration")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_every_setting_has_a_doc_and_a_row_in_the_readme_table() -> None:
+    section = readme_configuration_section()
+    table_rows = [line for line in section.splitlines() if line.startswith("| `")]
+    for f in fields(Settings):
+        assert SETTING_DOCS.get(f.name), f"setting {f.name} has no entry in pipeline.config.SETTING_DOCS"
+        assert any(f"`{f.name}`" in row.split("|")[1] for row in table_rows), f"README table lacks {f.name}"
+    assert set(SETTING_DOCS) == {f.name for f in fields(Settings)}  # no doc for a setting that is gone
+
+
+def test_config_command_shows_every_setting_with_default_and_doc(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    toml = tmp_path / "v.toml"
+    toml.write_text('[vitalstream]\ncompact_target_mb = 64\nscore_cron = "*/2 * * * *"\n')
+    monkeypatch.setenv("VITALSTREAM_PARTITIONS", "6")
+    assert main(["--config", str(toml), "config"]) == 0
+    out = capsys.readouterr().out
+    for f in fields(Settings):
+        assert f"\n{f.name} = " in "\n" + out and f"[VITALSTREAM_{f.name.upper()}]" in out
+        assert SETTING_DOCS[f.name] in out
+    assert "partitions = 6   (default 3)" in out
+    assert "compact_target_mb = 64.0   (default 128.0)" in out
+    assert 'score_cron = "*/2 * * * *"   (default "* * * * *")' in out
+
+
+def test_operations_settings_are_checked() -> None:
+    assert load_settings(env={"VITALSTREAM_REPORT_HOURS": "6"}).report_hours == 6.0
+    with pytest.raises(ConfigError):
+        load_settings(env={"VITALSTREAM_COMPACT_TARGET_MB": "0"})
+    with pytest.raises(ConfigError):
+        load_settings(env={"VITALSTREAM_ARTIFACT_TOP_PATIENTS": "many"})
