@@ -249,6 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"produced {n:,} messages ({args.patients} patients x {args.hours} h, seed {args.seed})")
         summary = _run_flow(settings, broker.bootstrap, "drain")
     _print_summary(summary, settings)
+    _demo_report(settings)
     return 0 if summary["balanced"] else 1
 
 
@@ -378,6 +379,17 @@ def cmd_quality(args: argparse.Namespace) -> int:
         f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"
     )
     return 0
+
+
+def _demo_report(settings: Any) -> None:
+    """The demo ends with a picture: the report of the patient whose latest risk is highest."""
+    from pipeline.query import top_patients
+    from pipeline.report import write_report
+
+    top = top_patients(settings.lake, limit=1)
+    if top:
+        page, png = write_report(settings.lake, top[0][0], settings.report_hours, None, settings.levels())
+        print(f"\nreport of the highest-risk patient {top[0][0]}: {page}\n  picture: {png}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,88 @@
+"""The patient report over a lake the real engine wrote, with a known sensor gap and known bad messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import T0, raw_batch
+
+from models.lstm import load_checkpoint
+from pipeline.cli import main
+from pipeline.engine import Engine, EngineConfig
+from pipeline.errors import VitalStreamError
+from pipeline.report import alerts, gaps, load_patient, write_report
+from pipeline.score import RiskLevels, Scorer
+
+MIN = 60_000
+SILENT_HR = range(20, 35)  # minutes 20-34: the heart-rate monitor sends nothing for three 5-minute windows
+
+
+def stream_batch(stream: str, field: str, minutes: range, every_s: int, value: float, skip: range = range(0)) -> object:
+    values: list[bytes | None] = []
+    ts: list[int] = []
+    for m in minutes:
+        if m in skip:
+            continue
+        for s in range(0, 60, every_s):
+            t = T0 + m * MIN + s * 1000
+            values.append(json.dumps({"patient_id": "P7", "device_id": f"{stream}-7", "ts": t, field: value}).encode())
+            ts.append(t)
+    if stream == "heart_rate":
+        values[5] = b"{not json"
+        values[9] = json.dumps({"patient_id": "P7", "device_id": "hr-7", "ts": ts[9], field: 900}).encode()
+    return raw_batch(stream, values, [b"P7"] * len(values), ts)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    lake = tmp_path_factory.mktemp("report") / "lake"
+    engine = Engine(EngineConfig(lake=lake, group="r"), Scorer(load_checkpoint(tiny_checkpoint)))
+    minutes = range(0, 60)
+    batch = [
+        stream_batch("heart_rate", "heart_rate_bpm", minutes, 10, 72.0, skip=SILENT_HR),
+        stream_batch("respiration", "respiration_rate_per_min", minutes, 10, 15.0),
+        stream_batch("glucose", "glucose_mg_dl", minutes, 60, 110.0),
+    ]
+    engine.write(engine.process(batch, drain=True))  # type: ignore[arg-type]
+    return lake
+
+
+def test_gaps_alerts_and_the_aligned_grid(lake: Path) -> None:
+    data = load_patient(lake, "P7", hours=2)
+    assert data.end == pd.Timestamp(T0 + 60 * MIN, unit="ms", tz="UTC")
+    assert len(data.windows) == 24 and data.windows.index.is_monotonic_increasing  # 2 h of 5-minute windows
+    start = pd.Timestamp(T0 + 20 * MIN, unit="ms", tz="UTC")
+    first = pd.Timestamp(T0, unit="ms", tz="UTC")  # the hour before the patient's first reading is silent too
+    assert gaps(data) == [
+        ("glucose", data.start, first),
+        ("heart_rate", data.start, first),
+        ("heart_rate", start, start + pd.Timedelta(minutes=15)),
+        ("respiration", data.start, first),
+    ]
+    scores = data.scores["risk_score"].dropna()
+    assert len(scores) == 12
+    cut = float(scores.sort_values().iloc[6])  # about half the windows at or above it
+    found = alerts(data, RiskLevels(medium=cut / 2, high=cut))
+    covered = sum(int((row.to - row._1) / data.window) for row in found.itertuples())
+    assert covered == int((scores >= cut).sum()) and len(found) >= 1
+
+
+def test_report_writes_png_and_html_with_gaps_and_anomalies(lake: Path, tmp_path: Path) -> None:
+    page, png = write_report(lake, "P7", hours=1, out_dir=tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    text = page.read_text()
+    assert "data:image/png;base64," in text
+    assert "<td>heart_rate</td><td>11-22 00:20</td><td>11-22 00:35</td><td>15</td>" in text
+    assert "invalid_json" in text and "heart_rate_out_of_range" in text
+    assert "glucose 100%" in text and "heart_rate 75%" in text
+
+
+def test_report_cli_and_unknown_patient(lake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--patient", "P7", "--lake", str(lake), "--hours", "1"]) == 0
+    assert (lake / "_reports" / "P7.html").exists() and "P7.html" in capsys.readouterr().out
+    with pytest.raises(VitalStreamError, match="P404"):
+        load_patient(lake, "P404", hours=1)
+    assert main(["report", "--patient", "P404", "--lake", str(lake)]) == 1
