@@ -374,7 +374,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from pipeline.datadocs import build_data_docs
 
     settings = _settings(args, lake=args.lake)
-    site = build_data_docs(settings.lake)
+    site = build_data_docs(settings.lake, settings.quality_docs_runs)
     print(
         f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"
     )

@@ -53,6 +53,7 @@ class Settings:
     compact_target_mb: float = 128.0
     report_hours: float = 24.0
     artifact_top_patients: int = 10
+    quality_docs_runs: int = 200
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -111,6 +112,7 @@ SETTING_DOCS: dict[str, str] = {
     "compact_target_mb": "compaction merges a date partition's small files into files of about this size",
     "report_hours": "`vitalstream report`: hours shown, ending at the patient's last window",
     "artifact_top_patients": "rows of the highest-risk table each scoring run publishes as a Prefect artifact",
+    "quality_docs_runs": "newest validation runs per suite that the Data Docs site shows (older results stay on disk)",
 }
 
 
@@ -180,6 +182,13 @@ def _coerce(s: Settings) -> Settings:
         raise ConfigError("partitions must be >= 1, window_minutes > 0, allowed_lateness_minutes >= 0")
     if not 0 < settings.risk_medium < settings.risk_high < 1:
         raise ConfigError("risk thresholds must satisfy 0 < risk_medium < risk_high < 1")
-    if settings.compact_target_mb <= 0 or settings.report_hours <= 0 or settings.artifact_top_patients < 1:
-        raise ConfigError("compact_target_mb and report_hours must be > 0, artifact_top_patients >= 1")
+    if (
+        settings.compact_target_mb <= 0
+        or settings.report_hours <= 0
+        or settings.artifact_top_patients < 1
+        or settings.quality_docs_runs < 1
+    ):
+        raise ConfigError(
+            "compact_target_mb and report_hours must be > 0, artifact_top_patients and quality_docs_runs >= 1"
+        )
     return settings

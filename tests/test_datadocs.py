@@ -1,0 +1,70 @@
+"""Data Docs from kept validation results: Great Expectations validates two runs' samples (one with
+unexpected rows), and the site shows each suite, each run and the failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import T0, raw_batch
+
+from models.lstm import load_checkpoint
+from pipeline.cli import main
+from pipeline.datadocs import build_data_docs, kept_results, suite_names
+from pipeline.engine import Engine, EngineConfig
+from pipeline.score import Scorer
+
+
+def heart_rate_run(lake: Path, ckpt: Path, run_id: str, bad_bpm: float | None, start_min: int) -> dict:
+    engine = Engine(EngineConfig(lake=lake, group="dq"), Scorer(load_checkpoint(ckpt)))
+    ts = [T0 + (start_min * 60 + s) * 1000 for s in range(0, 600, 10)]
+    values: list[bytes | None] = [
+        json.dumps({"patient_id": "P1", "device_id": "hr-1", "ts": t, "heart_rate_bpm": 70.0}).encode() for t in ts
+    ]
+    if bad_bpm is not None:
+        values[3] = json.dumps(
+            {"patient_id": "P1", "device_id": "hr-1", "ts": ts[3], "heart_rate_bpm": bad_bpm}
+        ).encode()
+    engine.write(engine.process([raw_batch("heart_rate", values, [b"P1"] * len(values), ts)]))
+    summary: dict = engine.validate_quality(run_id)  # Great Expectations in this process, results kept
+    return summary
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    lake = tmp_path_factory.mktemp("dq") / "lake"
+    clean = heart_rate_run(lake, tiny_checkpoint, "20261122T000000Z-clean1", None, 0)
+    bad = heart_rate_run(lake, tiny_checkpoint, "20261122T001000Z-faulty", 900.0, 10)
+    assert clean["heart_rate_readings"]["success"] and not bad["heart_rate_readings"]["success"]
+    return lake
+
+
+def test_site_shows_every_suite_each_run_and_the_failure(lake: Path) -> None:
+    site = build_data_docs(lake)
+
+    assert site.index == lake / "_quality" / "data_docs" / "index.html" and site.index.exists()
+    assert site.suites == len(suite_names()) == 5
+    assert len(kept_results(lake, "heart_rate_readings")) == 2 and site.failed == 1
+    assert site.validations == sum(len(kept_results(lake, s)) for s in suite_names())
+    docs = site.index.parent
+    for suite in suite_names():
+        assert (docs / "expectations" / f"{suite}.html").exists()  # each suite, from schemas/expectations
+    pages = {p.relative_to(docs / "validations").parts[:2]: p for p in (docs / "validations").rglob("*.html")}
+    assert {run for suite, run in pages if suite == "heart_rate_readings"} == {
+        "20261122T000000Z-clean1",
+        "20261122T001000Z-faulty",
+    }
+    failing = pages["heart_rate_readings", "20261122T001000Z-faulty"].read_text()
+    assert "heart_rate_bpm" in failing and "900" in failing  # the unexpected value is on the run's page
+    index = site.index.read_text()
+    assert "20261122T001000Z-faulty" in index and "Failed" in index
+
+
+def test_rebuild_follows_the_kept_results_and_the_cli(lake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in kept_results(lake, "heart_rate_readings")[:1]:  # an operator prunes the oldest run
+        path.unlink()
+    assert main(["quality", "--lake", str(lake)]) == 0
+    assert "index.html" in capsys.readouterr().out
+    pages = list((lake / "_quality" / "data_docs" / "validations" / "heart_rate_readings").rglob("*.html"))
+    assert [p.relative_to(pages[0].parents[2]).parts[0] for p in pages] == ["20261122T001000Z-faulty"]
