@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import publish_scoring_artifacts
 from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
@@ -165,6 +166,7 @@ def scoring_flow(
         engine.pending,
         summary.balanced,
     )
+    publish_scoring_artifacts(settings, kafka, summary.as_dict(), engine.offsets)  # what the Prefect UI shows
     return summary.as_dict()
 
 

@@ -349,7 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake)
     built = deployments(settings, config_file=args.config)
     for d in built:
-        crons = ", ".join(s.schedule.cron for s in d.schedules or [] if hasattr(s.schedule, "cron"))
+        crons = ", ".join(str(getattr(s.schedule, "cron", s.schedule)) for s in d.schedules or [])
         print(f"{d.name:<28} {crons:<14} {d.entrypoint}")
     if args.list:
         return 0

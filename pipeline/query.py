@@ -40,3 +40,27 @@ def top_patients(lake: Path, limit: int = 5) -> list[tuple[Any, ...]]:
         return []
     finally:
         con.close()
+
+
+def latest_risk(lake: Path, limit: int = 10) -> list[dict[str, Any]]:
+    """Each patient's latest window score with the per-condition probabilities, highest first."""
+    con = connect(lake)
+    try:
+        rel = con.execute(
+            """
+            SELECT patient_id, strftime(window_end, '%Y-%m-%d %H:%M') AS window_end_utc, round(risk_score, 3)
+                AS risk_score, risk_level, round(p_hypoglycaemia, 3) AS p_hypoglycaemia,
+                round(p_hyperglycaemia, 3) AS p_hyperglycaemia, round(p_cardiac, 3) AS p_cardiac,
+                round(p_respiratory, 3) AS p_respiratory, round(p_fall, 3) AS p_fall, context_windows
+            FROM risk_scores
+            QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
+            ORDER BY risk_score DESC, patient_id LIMIT ?
+            """,
+            [limit],
+        )
+        names = [d[0] for d in rel.description]
+        return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+    except Exception:  # no risk_scores yet
+        return []
+    finally:
+        con.close()
