@@ -325,6 +325,9 @@ def _add_operations_commands(sub: Any) -> None:
     sv.add_argument("--bootstrap", help="Kafka bootstrap address for the scoring deployment")
     sv.add_argument("--lake", type=Path)
     sv.add_argument("--list", action="store_true", help="print the deployments and their schedules, serve nothing")
+    sv.add_argument(
+        "--only", help="comma-separated deployments to serve, e.g. compaction,quality-report (default: all four)"
+    )
     sv.set_defaults(handler=cmd_serve)
 
     cp = sub.add_parser("compact", help="merge each date partition's small Parquet files (safe beside a run)")
@@ -348,6 +351,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake)
     built = deployments(settings, config_file=args.config)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        unknown = wanted - {d.name for d in built}
+        if unknown:
+            raise ConfigError(
+                f"unknown deployment(s) {', '.join(sorted(unknown))}; known: {', '.join(d.name for d in built)}"
+            )
+        built = [d for d in built if d.name in wanted]
     for d in built:
         crons = ", ".join(str(getattr(s.schedule, "cron", s.schedule)) for s in d.schedules or [])
         print(f"{d.name:<28} {crons:<14} {d.entrypoint}")

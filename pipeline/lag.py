@@ -15,7 +15,8 @@ from pipeline.kafka_io import KafkaSettings
 
 
 def consumer_lag(settings: KafkaSettings, offsets: dict[str, int]) -> dict[str, int]:
-    """{"topic:partition": messages not yet processed} for every partition of the four topics."""
+    """{"topic:partition": messages not yet processed} for the partitions this consumer has checkpointed
+    offsets for (a scaled-out instance: its own share), or every partition of the four topics if none."""
     try:
         consumer = KafkaConsumer(**settings.client_config(), enable_auto_commit=False)  # no group: reads nothing
     except (KafkaError, OSError) as exc:
@@ -31,7 +32,8 @@ def consumer_lag(settings: KafkaSettings, offsets: dict[str, int]) -> dict[str, 
         raise BrokerUnavailable(f"cannot read end offsets from {settings.bootstrap}: {exc}") from exc
     finally:
         consumer.close()
-    return {
+    lag = {
         f"{tp.topic}:{tp.partition}": max(0, int(end) - offsets.get(f"{tp.topic}:{tp.partition}", 0))
         for tp, end in sorted(ends.items())
     }
+    return {k: v for k, v in lag.items() if k in offsets} if offsets else lag
