@@ -48,7 +48,8 @@ class PatientData:
 
 
 def load_patient(lake: Path, patient_id: str, hours: float) -> PatientData:
-    """The patient's last `hours` of windows and scores (ending at their last window) and quarantine."""
+    """The patient's last `hours` of windows and scores (ending at their last window, starting no earlier
+    than their first) and their quarantined messages in that range."""
     con = connect(lake)
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -86,6 +87,8 @@ def load_patient(lake: Path, patient_id: str, hours: float) -> PatientData:
     finally:
         con.close()
     window = (windows["window_end"].iloc[0] - windows["window_start"].iloc[0]).to_pytimedelta()
+    # Before the patient's first window is before monitoring began, not a silent sensor: start there.
+    start = max(start, pd.Timestamp(windows["window_start"].min()).tz_convert("UTC"))
     grid = pd.date_range(start, end - window, freq=window, tz="UTC", name="window_start")
     # Windows are epoch-aligned, so the grid lands on them; a window the patient never produced is a gap.
     windows = windows.assign(window_start=pd.to_datetime(windows["window_start"], utc=True)).set_index("window_start")
