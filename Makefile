@@ -6,7 +6,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: setup demo test soak bench lint train clean
+.PHONY: setup demo test soak bench lint train clean test-server
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ test: setup
 
 soak: setup  # the crash test with many kill trials (make test runs 2)
 	KILL_TRIALS=$${KILL_TRIALS:-20} $(PY) -m pytest -s tests/test_crash.py
+
+test-server: setup  # also runs a deployment through `vitalstream serve` on a real `prefect server start` (~1 min)
+	VITALSTREAM_SERVER_TESTS=1 $(PY) -m pytest tests/test_serve.py
 
 bench: setup
 	$(PY) bench/throughput.py

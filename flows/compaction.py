@@ -6,6 +6,7 @@ swap, so a retry after a disk error is safe.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,8 +25,6 @@ def compact_lake(settings: Settings) -> CompactionReport:
 @flow(name="vitalstream-compaction", validate_parameters=False)
 def compaction_flow(lake: str | None = None, config: str | None = None) -> dict[str, Any]:
     """Compact the lake named by the settings (VITALSTREAM_* environment, TOML `config`) or `lake`."""
-    from pathlib import Path
-
     settings = load_settings(Path(config) if config else None).with_overrides(lake=Path(lake) if lake else None)
     report = compact_lake(settings)
     logger = get_run_logger()

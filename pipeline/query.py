@@ -29,11 +29,11 @@ def top_patients(lake: Path, limit: int = 5) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = con.execute(
             """
             SELECT patient_id, window_end, round(risk_score, 3) AS risk_score, risk_level
-            FROM risk_scores
+            FROM risk_scores WHERE date >= CAST(? AS DATE)
             QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
             ORDER BY risk_score DESC, patient_id LIMIT ?
             """,
-            [limit],
+            [dates[0], limit],
         ).fetchall()
         return rows
     except Exception:  # no risk_scores yet
@@ -42,8 +42,15 @@ def top_patients(lake: Path, limit: int = 5) -> list[tuple[Any, ...]]:
         con.close()
 
 
-def latest_risk(lake: Path, limit: int = 10) -> list[dict[str, Any]]:
-    """Each patient's latest window score with the per-condition probabilities, highest first."""
+def latest_risk(lake: Path, limit: int = 10, recent_dates: int = 2) -> list[dict[str, Any]]:
+    """Each patient's latest window score with the per-condition probabilities, highest first; only the
+    newest `recent_dates` date partitions are read, so the cost does not grow with the lake's history
+    (every scoring run publishes this)."""
+    dates = sorted(p.name.removeprefix("date=") for p in (lake / "risk_scores").glob("date=*"))[-recent_dates:]
+    if not dates:
+        return []
+    import duckdb
+
     con = connect(lake)
     try:
         rel = con.execute(
@@ -52,15 +59,15 @@ def latest_risk(lake: Path, limit: int = 10) -> list[dict[str, Any]]:
                 AS risk_score, risk_level, round(p_hypoglycaemia, 3) AS p_hypoglycaemia,
                 round(p_hyperglycaemia, 3) AS p_hyperglycaemia, round(p_cardiac, 3) AS p_cardiac,
                 round(p_respiratory, 3) AS p_respiratory, round(p_fall, 3) AS p_fall, context_windows
-            FROM risk_scores
+            FROM risk_scores WHERE date >= CAST(? AS DATE)
             QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
             ORDER BY risk_score DESC, patient_id LIMIT ?
             """,
-            [limit],
+            [dates[0], limit],
         )
         names = [d[0] for d in rel.description]
         return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
-    except Exception:  # no risk_scores yet
+    except duckdb.CatalogException:  # no risk_scores view: nothing scored yet
         return []
     finally:
         con.close()
