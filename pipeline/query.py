@@ -29,11 +29,11 @@ def top_patients(lake: Path, limit: int = 5) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = con.execute(
             """
             SELECT patient_id, window_end, round(risk_score, 3) AS risk_score, risk_level
-            FROM risk_scores WHERE date >= CAST(? AS DATE)
+            FROM risk_scores
             QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
             ORDER BY risk_score DESC, patient_id LIMIT ?
             """,
-            [dates[0], limit],
+            [limit],
         ).fetchall()
         return rows
     except Exception:  # no risk_scores yet
