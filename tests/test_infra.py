@@ -129,3 +129,26 @@ def test_kustomize_renders_the_manifests() -> None:
     assert r.returncode == 0, r.stderr
     rendered = list(yaml.safe_load_all(r.stdout))
     assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"vitalstream"}
+
+
+@pytest.mark.integration
+def test_the_images_install_resolves_to_exactly_the_lock(tmp_path: Path) -> None:
+    """What `pip install -c constraints.txt .` (the Dockerfile's step) would install, resolved without
+    installing: every package at the version constraints.txt locks, none unlocked."""
+    import json
+    import sys
+
+    report = tmp_path / "report.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", "-c",
+         str(ROOT / "constraints.txt"), "--report", str(report), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    locked = pins((ROOT / "constraints.txt").read_text())
+    resolved = {
+        re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"].split("+")[0]  # 2.13.0+cpu
+        for i in json.loads(report.read_text())["install"]
+    }
+    resolved.pop("vitalstream")
+    assert {n: v for n, v in resolved.items() if locked.get(n) != v} == {}
