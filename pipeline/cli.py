@@ -389,6 +389,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     print(
         f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"
     )
+    print(f"  without internet access (GE's index loads JavaScript from CDNs): {site.index.with_name('offline.html')}")
     return 0
 
 

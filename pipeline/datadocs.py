@@ -3,7 +3,8 @@
 Every scoring run has Great Expectations validate a sample per suite and keeps GE's validation result JSON
 under `lake/_quality/<suite>/<run id>.json` (see pipeline.quality). This module loads those kept results
 into a file-backed GE project at `lake/_quality/gx/` and builds GE's own static site at
-`lake/_quality/data_docs/index.html`. The suites stay JSON in `schemas/expectations/`: the project's copy
+`lake/_quality/data_docs/index.html`, plus `offline.html` beside it (GE's index needs JavaScript from
+public CDNs; that page needs nothing). The suites stay JSON in `schemas/expectations/`: the project's copy
 is rewritten from them on every build, so the site always shows the suites the code runs. The site is
 rebuilt from scratch each time (validations store and pages), so it is a pure function of the kept
 results: deleting old results under `_quality/` removes them from the site at the next build.
@@ -11,6 +12,7 @@ results: deleting old results under `_quality/` removes them from the site at th
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -76,6 +78,7 @@ def build_data_docs(lake: Path, runs: int | None = None) -> DataDocsSite:
             validations += 1
             failed += not doc.get("success", False)
     context.build_data_docs(site_names=[SITE_NAME])
+    write_offline_index(lake, runs)
     return DataDocsSite(site_index(lake), len(suites), validations, failed)
 
 
@@ -110,3 +113,39 @@ def _context(lake: Path) -> Any:
     }
     context.variables.save()
     return gx.get_context(mode="file", project_root_dir=str(quality))  # reloaded with the site config
+
+
+def write_offline_index(lake: Path, runs: int | None = None) -> Path:
+    """A static page beside GE's index: GE's index draws its tables with JavaScript from public CDNs, which
+    browsers on hospital networks without internet cannot load; this page needs nothing but the files."""
+    docs = site_index(lake).parent
+    sections = []
+    for suite in suite_names():
+        rows = []
+        for path in reversed(kept_results(lake, suite, runs)):
+            doc = json.loads(path.read_text())
+            failed = [
+                f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')} "
+                f"({r['result'].get('unexpected_count', '?')})"
+                for r in doc["results"]
+                if not r["success"]
+            ]
+            page = next((docs / "validations" / suite / path.stem).glob("*/*.html"), None)
+            run = html.escape(path.stem)
+            link = f'<a href="{page.relative_to(docs).as_posix()}">{run}</a>' if page else run
+            verdict = "passed" if doc.get("success") else "<b>failed</b>"
+            rows.append(f"<tr><td>{link}</td><td>{verdict}</td><td>{html.escape('; '.join(failed))}</td></tr>")
+        body = "".join(rows) or '<tr><td colspan="3">no runs kept</td></tr>'
+        sections.append(
+            f'<h2><a href="expectations/{suite}.html">{suite}</a></h2>'
+            f"<table><tr><th>run</th><th>verdict</th><th>failed expectations (unexpected rows)</th></tr>{body}</table>"
+        )
+    out = docs / "offline.html"
+    out.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><title>VitalStream data quality</title><style>'
+        "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
+        "padding:3px 8px;font-size:13px}</style></head><body><h1>Data quality: every suite, every kept run</h1>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    return out

@@ -4,6 +4,7 @@ unexpected rows), and the site shows each suite, each run and the failure."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,12 @@ def test_site_shows_every_suite_each_run_and_the_failure(lake: Path) -> None:
     assert "heart_rate_bpm" in failing and "900" in failing  # the unexpected value is on the run's page
     index = site.index.read_text()
     assert "20261122T001000Z-faulty" in index and "Failed" in index
+    # The page that works without internet: every suite, every run, links that resolve, the failure named.
+    offline = (docs / "offline.html").read_text()
+    links = re.findall(r'href="([^"]+)"', offline)
+    assert links and all((docs / link).exists() for link in links)
+    assert all(f"expectations/{suite}.html" in links for suite in suite_names())
+    assert offline.count("<b>failed</b>") == 1 and "expect_column_values_to_be_between:heart_rate_bpm (1)" in offline
 
 
 def test_rebuild_follows_the_kept_results_and_the_cli(lake: Path, capsys: pytest.CaptureFixture[str]) -> None:
