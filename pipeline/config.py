@@ -44,6 +44,11 @@ class Settings:
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
+    # issue 3: model
+    scoring_engine: str = "torch"  # "torch" or "onnx" (onnxruntime, as on an edge device)
+    onnx_path: Path | None = (
+        None  # None: <model_path>.onnx when it exists (`vitalstream export-onnx`), else exported in memory
+    )
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -126,4 +131,6 @@ def _coerce(s: Settings) -> Settings:
         raise ConfigError("partitions must be >= 1, window_minutes > 0, allowed_lateness_minutes >= 0")
     if not 0 < settings.risk_medium < settings.risk_high < 1:
         raise ConfigError("risk thresholds must satisfy 0 < risk_medium < risk_high < 1")
+    if settings.scoring_engine not in ("torch", "onnx"):
+        raise ConfigError(f"scoring_engine must be torch or onnx, not {settings.scoring_engine!r}")
     return settings
