@@ -27,6 +27,7 @@ soak: setup  # the crash test with many kill trials (make test runs 2)
 
 bench: setup
 	$(PY) bench/throughput.py
+	$(PY) bench/scoring.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline flows models

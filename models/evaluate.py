@@ -274,3 +274,31 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+# --- what could be foreseen ---------------------------------------------------------------------------------
+
+
+def precursor_leads(events: pa.Table, episodes: pa.Table, window_ms: int = 60 * MINUTE_MS) -> np.ndarray:
+    """Per ground-truth event, minutes between the start of its injected precursor and its onset by the
+    thresholds (0 for an episode injected with no warning, or an event no episode caused, e.g. a burst of
+    activity). The event is matched to the same patient's nearest episode of the same condition whose
+    injected onset lies within an hour after the threshold onset (a ramp crosses the threshold before
+    it reaches its target). No alert can lead an event by more than this on the signal it was given."""
+    ev_p = np.asarray(events.column("patient_id").to_pylist(), dtype=object)
+    ev_c = np.asarray(events.column("condition").to_pylist(), dtype=object)
+    ev_t = events.column("onset").cast(pa.int64()).to_numpy()
+    ep_p = np.asarray(episodes.column("patient_id").to_pylist(), dtype=object)
+    ep_c = np.asarray(episodes.column("condition").to_pylist(), dtype=object)
+    ep_t = episodes.column("onset").cast(pa.int64()).to_numpy()
+    ep_lead = episodes.column("precursor_minutes").to_numpy()
+    out = np.zeros(len(ev_t))
+    for i in range(len(ev_t)):
+        m = (ep_p == ev_p[i]) & (ep_c == ev_c[i]) & (ep_t >= ev_t[i] - 10 * MINUTE_MS) & (ep_t <= ev_t[i] + window_ms)
+        if not m.any():
+            continue
+        j = np.flatnonzero(m)[np.argmin(np.abs(ep_t[m] - ev_t[i]))]
+        if ep_lead[j] > 0:
+            start = ep_t[j] - ep_lead[j] * MINUTE_MS
+            out[i] = max(0.0, (ev_t[i] - start) / MINUTE_MS)
+    return out

@@ -104,6 +104,8 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         x, _ = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
         keep = ~ongoing[mask]
         events = sim.events.filter(pc.is_in(sim.events.column("patient_id"), pa.array(ids)))
+        if sim.episodes is not None:
+            events = events.append_column("precursor_minutes", pa.array(ev.precursor_leads(events, sim.episodes)))
         splits[name] = Split(
             x[keep], labels[mask][keep], rows.filter(pa.array(keep)), ctx, events, len(ids) * cfg.hours / 24
         )
@@ -325,8 +327,32 @@ def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: TrainConfig) -> di
         "forecast": forecast_metrics(ckpt, test.x, forecast),
         "roc": {name: _roc(y_any, s) for name, s in any_scores.items()},
     }
+    if "precursor_minutes" in test.events.column_names:
+        metrics["precursors"] = foreseeable(test, patient, t_end, h_ms, alerting["model"])
     metrics["targets"] = targets(metrics)
     return metrics
+
+
+def foreseeable(
+    test: Split, patient: np.ndarray, t_end: np.ndarray, h_ms: int, model: dict[str, Any]
+) -> dict[str, Any]:
+    """How much warning the simulated signal gives, over the events that the alert figures count (a scored
+    window in the hour before onset): the share with no precursor, and the median lead an alert would have
+    if it fired the moment the precursor began (capped at the horizon)."""
+    onset = test.events.column("onset").cast(pa.int64()).to_numpy()
+    who = np.asarray(test.events.column("patient_id").to_pylist())
+    counted = np.array(
+        [((patient == p) & (t_end < o) & (t_end >= o - h_ms)).any() for p, o in zip(who, onset, strict=True)]
+    )
+    lead = np.minimum(test.events.column("precursor_minutes").to_numpy()[counted], h_ms / ev.MINUTE_MS)
+    return {
+        "events": int(counted.sum()),
+        "no_precursor": int((lead == 0).sum()),
+        "median_precursor_minutes": float(np.median(lead)) if len(lead) else float("nan"),
+        "median_precursor_minutes_when_present": float(np.median(lead[lead > 0])) if (lead > 0).any() else float("nan"),
+        "share_with_precursor_over_20_minutes": float((lead >= 20).mean()) if len(lead) else float("nan"),
+        "model_detected": model["detected"],
+    }
 
 
 def _auroc_gain(y: np.ndarray, model: np.ndarray, baseline: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -384,7 +410,7 @@ def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "sensitivity_at_budget": {
             "model": model_alerts["sensitivity"],
             "required": 1.5 * red["sensitivity"],
-            "met": bool(model_alerts["sensitivity"] >= 1.5 * red["sensitivity"]),
+            "met": bool(model_alerts["sensitivity"] >= 1.5 * red["sensitivity"] and model_alerts["sensitivity"] > 0),
         },
         "median_lead_minutes": {
             "model": model_alerts["median_lead_minutes"],
@@ -533,6 +559,20 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         + ".",
         "",
     ]
+    pre = m.get("precursors")
+    if pre:
+        lines += [
+            "## What the signal allows",
+            "",
+            f"Of the {pre['events']} test events the alert figures count, {pre['no_precursor']} had no precursor in "
+            "the simulation (injected with no warning, or caused by no injected episode); the median time from "
+            f"the start of an event's precursor to its threshold onset is {pre['median_precursor_minutes']:.1f} "
+            f"min over all of them ({pre['median_precursor_minutes_when_present']:.1f} min where there is one), "
+            f"and {100 * pre['share_with_precursor_over_20_minutes']:.0f} % give 20 min or more. An alert that fired "
+            "the moment each precursor began would have that median lead time; the model's comes from the events "
+            f"it detects ({pre['model_detected']}).",
+            "",
+        ]
     if promotion is not None:
         lines += [
             "## Promotion",

@@ -151,9 +151,10 @@ class Scorer:
             scores[f"p_{cond}"] = pa.array(p[:, heads.index(cond)])
         mean, low, high = self.checkpoint.forecast_intervals(forecast[:, 1])
         for k, prefix in enumerate(FORECAST_VITALS.values()):
-            scores[f"{prefix}_forecast"] = pa.array(mean[:, k])
-            scores[f"{prefix}_forecast_low"] = pa.array(low[:, k])
-            scores[f"{prefix}_forecast_high"] = pa.array(high[:, k])
+            unseen = x[:, :, self.checkpoint.config.forecast_pairs[k][1]].sum(axis=1) == 0  # no sensor: null
+            scores[f"{prefix}_forecast"] = pa.array(mean[:, k], mask=unseen)
+            scores[f"{prefix}_forecast_low"] = pa.array(low[:, k], mask=unseen)
+            scores[f"{prefix}_forecast_high"] = pa.array(high[:, k], mask=unseen)
         scores["anomalies"] = self.anomalies(x, forecast[:, 0], closed)
         scores["context_windows"] = pa.array(present, pa.int32())
         scores["model_version"] = pa.array([self.checkpoint.version] * len(closed), pa.string())

@@ -3,6 +3,7 @@ rule, and the shipped checkpoint's recorded evaluation."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def test_a_small_training_run_evaluates_against_every_baseline_and_round_trips(
     path = tmp_path / "m.pt"
     trained.save(path)
     loaded = load_checkpoint(path)
-    assert loaded.version == trained.version and loaded.config == trained.config and loaded.metrics == trained.metrics
+    assert loaded.version == trained.version and loaded.config == trained.config
+    assert json.dumps(loaded.metrics, sort_keys=True) == json.dumps(trained.metrics, sort_keys=True)  # NaN-safe
     x = torch.from_numpy(
         np.random.default_rng(0).normal(size=(3, TINY.window_count, len(MODEL_FEATURES))).astype(np.float32)
     )
@@ -51,10 +53,12 @@ def test_a_small_training_run_evaluates_against_every_baseline_and_round_trips(
             np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_training_is_reproducible_for_a_seed(trained: Checkpoint) -> None:
-    again, _ = train(TINY, log=lambda _: None)
-    for name, tensor in trained.state_dict.items():
-        torch.testing.assert_close(tensor, again.state_dict[name])
+def test_training_is_reproducible_for_a_seed() -> None:
+    small = TrainConfig(patients=30, hours=2.0, epochs=1, hidden=8, layers=1, window_count=4, seed=1, bootstrap=5)
+    first, _ = train(small, log=lambda _: None)
+    again, _ = train(small, log=lambda _: None)
+    for name, tensor in first.state_dict.items():
+        torch.testing.assert_close(tensor, again.state_dict[name], rtol=0, atol=0)
 
 
 def test_probabilities_are_calibrated_and_any_can_come_from_the_conditions() -> None:
@@ -102,7 +106,7 @@ def test_the_flow_keeps_a_better_shipped_checkpoint_and_writes_the_new_one_as_a_
     assert load_checkpoint(out).version == first["version"]
     assert (tmp_path / "risk.candidate.pt").exists() and (tmp_path / "model_card.candidate.md").exists()
     forced = training_flow.fn(**kw, force=True)
-    assert forced["promoted"] and load_checkpoint(out).digest == load_checkpoint(tmp_path / "risk.candidate.pt").digest
+    assert forced["promoted"] and load_checkpoint(out).metrics["promotion"]["reason"].startswith("forced")
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
