@@ -116,7 +116,9 @@ def simulate(config: SimulationConfig) -> Simulation:
         {
             "patient_id": pa.array([ids[e[0]] for e in episodes], pa.string()),
             "condition": pa.array([CONDITIONS[e[1]] for e in episodes], pa.string()),
-            "onset": pa.array([start + int(e[2] * 1000) for e in episodes], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "onset": pa.array([start + int(e[2] * 1000) for e in episodes], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
             "precursor_minutes": pa.array([e[3] * e[4] / 60 for e in episodes], pa.float64()),  # as _apply_episode
         }
     )
