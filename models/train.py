@@ -58,7 +58,7 @@ class TrainConfig:
     window_count: int = 12
     horizon_minutes: int = 60
     window_ms: int = 300_000
-    hidden: int = 64
+    hidden: int = 32
     layers: int = 2
     forecast_weight: float = 0.2  # weight of the forecast NLL beside the risk BCE
     any_source: str = "auto"  # "head", "conditions" or "auto" (the better on validation AUROC)
@@ -271,7 +271,10 @@ def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: TrainConfig) -> di
     test, train_split = splits["test"], splits["train"]
     logits, forecast = network_outputs(ckpt, test.x)
     p = ckpt.probabilities(logits)
-    raw_any = 1 / (1 + np.exp(-logits[:, HEADS.index("any")].astype(np.float64)))
+    raw = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    # the same overall risk without the isotonic maps, to show what calibration does
+    cond = [HEADS.index(c) for c in CONDITIONS]
+    raw_any = 1 - np.prod(1 - raw[:, cond], axis=1) if ckpt.any_source == "conditions" else raw[:, HEADS.index("any")]
     last = test.x[:, -1, :]
     scores: dict[str, np.ndarray] = {
         "news2_partial": ev.news2_partial(test.targets),
@@ -444,7 +447,7 @@ def shipped_figures(path: Path, ckpt: Checkpoint, test: Split) -> tuple[dict[str
     except FileNotFoundError:
         return None, "none"
     except ValueError as exc:
-        return None, f"unusable ({exc})"
+        return None, f"unusable: {str(exc).removeprefix(f'{path}: ')}"  # the card is read elsewhere: no local path
     if old.config.horizon_minutes != ckpt.config.horizon_minutes or old.feature_names != ckpt.feature_names:
         return None, f"{old.version}: another horizon or feature set, not comparable"
     logits, _ = network_outputs(old, split_inputs(old, test))
@@ -508,18 +511,19 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
             "",
             f"## {metric.upper()} per head (95 % CI)",
             "",
-            "| head | positives | model | " + " | ".join(BASELINES.values()) + " | model - best baseline (AUROC) |",
-            "|---|---|---|" + "---|" * len(BASELINES) + "---|",
+            "| head | positives | model | "
+            + " | ".join(BASELINES.values())
+            + (" | model - best baseline (paired) |" if metric == "auroc" else " |"),
+            "|---|---|---|" + "---|" * len(BASELINES) + ("---|" if metric == "auroc" else ""),
         ]
         for h in HEADS:
             r = m["heads"][h]
             gain = r["model"]["auroc"] - r[r["best_baseline"]]["auroc"]
             lo, hi = r["auroc_gain_ci"]
             cells = [_ci(r["model"], metric), *(_ci(r[b], metric) for b in BASELINES)]
-            lines.append(
-                f"| {h} | {r['positives']} | " + " | ".join(cells) + f" | {gain:+.3f} [{lo:+.3f}, {hi:+.3f}] vs "
-                f"{BASELINES[r['best_baseline']]} |"
-            )
+            if metric == "auroc":
+                cells.append(f"{gain:+.3f} [{lo:+.3f}, {hi:+.3f}] vs {BASELINES[r['best_baseline']]}")
+            lines.append(f"| {h} | {r['positives']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Alerting on the overall risk at <= {m['alert_budget_per_day']:g} alert per patient-day",
@@ -544,7 +548,7 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         "## Calibration (overall risk, test windows, 10 equal-width bins)",
         "",
         f"Expected calibration error {cal['ece']:.3f} after isotonic calibration on the validation patients "
-        f"({cal['ece_uncalibrated']:.3f} for the raw head, trained with class weights).",
+        f"({cal['ece_uncalibrated']:.3f} without it: the heads are trained with class weights).",
         "",
         "| predicted | observed | windows |",
         "|---|---|---|",
@@ -611,7 +615,7 @@ def pictures(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for key, name in (("bins_uncalibrated", "raw head"), ("bins", "calibrated")):
+    for key, name in (("bins_uncalibrated", "before calibration"), ("bins", "calibrated")):
         pts = m["calibration"][key]
         ax.plot([b[0] for b in pts], [b[1] for b in pts], marker="o", label=name)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
