@@ -21,6 +21,8 @@ from models.lstm import CONDITIONS, MODEL_FEATURES, Checkpoint
 from pipeline.features import VITALS
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
+# The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
+FORECAST_VITALS: dict[str, str] = dict(VITALS)
 __all__ = ["ENGINES", "HISTORY_SCHEMA", "MODEL_FEATURES", "RiskLevels", "Scorer", "feature_matrix", "sequences"]
 
 
@@ -99,6 +101,8 @@ class Scorer:
     ) -> None:
         if checkpoint.feature_names != MODEL_FEATURES:
             raise ValueError("checkpoint was trained on a different feature set; retrain it (vitalstream train)")
+        if len(checkpoint.config.forecast_pairs) != len(FORECAST_VITALS):
+            raise ValueError("checkpoint has no forecast for every vital; retrain it (vitalstream train)")
         if engine not in ENGINES:
             raise ValueError(f"unknown scoring engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.checkpoint = checkpoint
@@ -175,10 +179,6 @@ class Scorer:
             outside = seen_before & ~np.isnan(observed) & ((observed < low[:, k]) | (observed > high[:, k]))
             names[outside] = np.where(names[outside] == "", stream, names[outside] + "," + stream)
         return pa.array(names.tolist(), pa.string())
-
-
-# The vitals the network forecasts, in the order of its forecast outputs.
-FORECAST_VITALS: dict[str, str] = dict(VITALS)
 
 
 def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
