@@ -320,7 +320,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         raise ModelError(str(exc)) from exc
     out = args.out or path.with_suffix(".onnx")
     data = export_onnx(ckpt, out)
-    print(f"wrote {out} ({len(data) / 1024:.0f} KiB) from {ckpt.version}; score with it: vitalstream run --engine onnx")
+    beside = out == path.with_suffix(".onnx")  # where `run --engine onnx` looks without onnx_path
+    use = "vitalstream run --engine onnx" if beside else f"VITALSTREAM_ONNX_PATH={out} vitalstream run --engine onnx"
+    print(f"wrote {out} ({len(data) / 1024:.0f} KiB) from {ckpt.version}; score with it: {use}")
     return 0
 
 
