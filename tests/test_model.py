@@ -152,3 +152,42 @@ def test_the_shipped_checkpoint_is_trained_small_and_beats_the_clinical_rules() 
         assert m["heads"][condition]["model"]["auroc"] > 0.6, condition
     assert m["calibration"]["ece"] < m["calibration"]["ece_uncalibrated"]
     assert (DEFAULT_CHECKPOINT.parent / "model_card.md").read_text().count(ckpt.version) == 1
+
+
+def test_a_jump_no_threshold_describes_is_flagged_as_an_anomaly() -> None:
+    import pyarrow as pa
+    from conftest import T0
+
+    from pipeline.features import window_features
+    from pipeline.score import HISTORY_SCHEMA, Scorer
+
+    rng = np.random.default_rng(0)
+    t_s = np.arange(0, 13 * 300, 5)  # 13 windows of heart rate and respiration at 5-second cadence
+    hr = 72 + rng.normal(0, 1.5, len(t_s))
+    hr[t_s >= 12 * 300] += 40  # 112 bpm in the last window: NEWS2 scores it 2, no event threshold is crossed
+    rr = 15 + rng.normal(0, 0.7, len(t_s))
+    n = len(t_s)
+    readings = pa.table(
+        {
+            "patient_id": ["P1"] * (2 * n),
+            "device_id": ["hr"] * n + ["rr"] * n,
+            "stream": ["heart_rate"] * n + ["respiration"] * n,
+            "event_time": pa.array(np.r_[T0 + t_s * 1000, T0 + t_s * 1000].astype(np.int64)).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "value": np.r_[hr, rr],
+            "fall_confidence": pa.nulls(2 * n, pa.float64()),
+            "impact_g": pa.nulls(2 * n, pa.float64()),
+            "censored": [False] * (2 * n),
+        }
+    )
+    windows = window_features(readings, 300_000)
+    scores, _ = Scorer(load_checkpoint()).score(HISTORY_SCHEMA.empty_table(), windows, 300_000)
+    flags = scores.column("anomalies").to_pylist()
+    assert flags[-1] == "heart_rate" and flags[-2] == ""
+    assert scores.column("glucose_mg_dl_forecast").null_count == len(scores)  # no CGM: no glucose forecast
+    low, high = (
+        scores.column("heart_rate_bpm_forecast_low")[5].as_py(),
+        scores.column("heart_rate_bpm_forecast_high")[5].as_py(),
+    )
+    assert low < 72 < high
