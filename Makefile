@@ -30,6 +30,7 @@ test-server: setup  # also runs a deployment through `vitalstream serve` on a re
 
 bench: setup
 	$(PY) bench/throughput.py
+	$(PY) bench/scoring.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline flows models

@@ -67,7 +67,10 @@ class RunSummary:
 def build_scorer(settings: Settings) -> Scorer:
     path = settings.model_path or DEFAULT_CHECKPOINT
     try:
-        return Scorer(load_checkpoint(path), settings.levels())
+        if settings.onnx_path is not None and not settings.onnx_path.exists():
+            raise ModelError(f"ONNX model {settings.onnx_path} not found (write it with `vitalstream export-onnx`)")
+        onnx_path = settings.onnx_path or path.with_suffix(".onnx")
+        return Scorer(load_checkpoint(path), settings.levels(), engine=settings.scoring_engine, onnx_path=onnx_path)
     except FileNotFoundError as exc:
         raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
     except ValueError as exc:

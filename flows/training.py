@@ -1,18 +1,21 @@
-"""The training flow: simulate -> train -> calibrate -> evaluate -> checkpoint + model card.
+"""The training flow: simulate -> train -> calibrate -> evaluate -> promote or not -> checkpoint + model card.
 
 Thin on purpose: the work lives in `models.train`; the flow adds what orchestration adds (a named run,
-logs, a schedule when served).
+logs, a schedule when served) and the promotion rule: the new checkpoint replaces the one at `out` only
+when it beats it on the same test windows (or `force`); otherwise it is written beside it as a candidate.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import MissingContextError
 
 from models.lstm import DEFAULT_CHECKPOINT
-from models.train import TrainConfig, loss_curve, model_card, train
+from models.train import TrainConfig, model_card, pictures, shipped_figures, should_promote, train
 
 
 @flow(name="vitalstream-train", validate_parameters=False)
@@ -22,14 +25,29 @@ def training_flow(
     epochs: int = TrainConfig.epochs,
     seed: int = TrainConfig.seed,
     out: Path = DEFAULT_CHECKPOINT,
+    force: bool = False,
+    bootstrap: int = TrainConfig.bootstrap,
 ) -> dict[str, Any]:
-    """Train on simulated patients and write the checkpoint, its model card and loss curve beside it."""
-    logger = get_run_logger()
-    cfg = TrainConfig(patients=patients, hours=hours, epochs=epochs, seed=seed)
-    ckpt, metrics = train(cfg, log=logger.info)
+    """Train on simulated patients; write the checkpoint, its model card and pictures beside `out`."""
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:  # called as training_flow.fn(...), outside a flow run (tests)
+        logger = logging.getLogger(__name__)
+    cfg = TrainConfig(patients=patients, hours=hours, epochs=epochs, seed=seed, bootstrap=bootstrap)
+    ckpt, splits = train(cfg, log=logger.info)
     out = Path(out)
-    ckpt.save(out)
-    model_card(ckpt, out.with_name("model_card.md"))
-    loss_curve(ckpt.training["history"], out.with_name("loss_curve.png"))
-    logger.info("saved %s, version %s", out, ckpt.version)
-    return {"version": ckpt.version, "path": str(out), "metrics": metrics}
+    new = ckpt.metrics["heads"]["any"]["model"]
+    shipped, shipped_version = shipped_figures(out, ckpt, splits["test"])
+    promoted, reason = should_promote(new, shipped)
+    if force and not promoted:
+        promoted, reason = True, f"forced ({reason})"
+    ckpt.metrics["promotion"] = {"promoted": promoted, "reason": reason, "shipped": shipped_version, "figures": shipped}
+    suffix = "" if promoted else ".candidate"
+    path = out if promoted else out.with_name(f"{out.stem}{suffix}{out.suffix}")
+    ckpt.save(path)
+    model_card(ckpt, out.with_name(f"model_card{suffix}.md"), ckpt.metrics["promotion"])
+    pictures(ckpt, out.parent, suffix)
+    logger.info(
+        "%s %s (%s), version %s", "saved" if promoted else "kept the shipped one; candidate", path, reason, ckpt.version
+    )
+    return {"version": ckpt.version, "path": str(path), "metrics": ckpt.metrics, "promoted": promoted, "reason": reason}

@@ -1,67 +1,142 @@
 """A multivariate LSTM over a patient's last L windows of per-stream features and presence masks.
 
 One file for the network, as in nanoGPT: a config dataclass, one module, a plain forward, and safe
-checkpoint I/O (tensors and plain Python values only, loaded with `weights_only=True`).
+checkpoint I/O (tensors and plain Python values only, loaded with `weights_only=True`, and a SHA-256
+digest over everything that shapes a score, checked on load).
+
+The network has two outputs:
+- risk logits, one per head: an event of any kind, and one per condition, starting within the horizon;
+- a forecast (mean and log-variance, in normalised units) of each vital's window mean, made from the
+  hidden state one step back (a forecast of the window being scored, from the windows before it: an
+  observed value outside its interval is an anomaly) and from the last step (the next window's value).
+Post-processing (calibration, the "any" risk from the condition heads, intervals in physical units)
+is NumPy on the network's outputs, so the PyTorch and ONNX engines share it exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from pipeline.features import STATS, VITALS
 
 CONDITIONS: tuple[str, ...] = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
 HEADS: tuple[str, ...] = ("any", *CONDITIONS)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "risk_lstm.pt"
 
+# The model's inputs per window, in order (columns of the `windows` dataset).
+MODEL_FEATURES: list[str] = [
+    *(f"{prefix}_{s}" for prefix in VITALS.values() for s in STATS),
+    *(f"{stream}_present" for stream in VITALS),
+    "glucose_censored_count",
+    "fall_count",
+    "fall_confidence_max",
+    "fall_present",
+]
+
+
+def _pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """(feature index, presence index) for each vital statistic in `stats`."""
+    return tuple(
+        (MODEL_FEATURES.index(f"{prefix}_{s}"), MODEL_FEATURES.index(f"{stream}_present"))
+        for stream, prefix in VITALS.items()
+        for s in stats
+    )
+
 
 @dataclass
 class LSTMConfig:
-    n_features: int = 22
+    n_features: int = len(MODEL_FEATURES)
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.1
     window_count: int = 12  # L: windows of context per score
     horizon_minutes: int = 60  # H: an event starting within H after window_end is a positive
     heads: tuple[str, ...] = HEADS
+    # Inputs added inside the network: each vital statistic minus the patient's own mean over the earlier
+    # windows of the context (0 where there is none), so "high for this patient" is visible, not only "high".
+    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(STATS))
+    # Forecast targets: each vital's window mean, masked by its presence flag.
+    forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
 
 
 class RiskLSTM(nn.Module):
     def __init__(self, cfg: LSTMConfig) -> None:
         super().__init__()
+        if cfg.window_count < 2:
+            raise ValueError("window_count must be >= 2 (the anomaly forecast looks one window back)")
         self.cfg = cfg
+        base = torch.tensor(cfg.baseline_pairs, dtype=torch.long).reshape(-1, 2)
+        self.base_value: torch.Tensor
+        self.base_present: torch.Tensor
+        self.register_buffer("base_value", base[:, 0].clone(), persistent=False)
+        self.register_buffer("base_present", base[:, 1].clone(), persistent=False)
         self.lstm = nn.LSTM(
-            cfg.n_features,
+            cfg.n_features + len(cfg.baseline_pairs),
             cfg.hidden,
             num_layers=cfg.layers,
             batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
         self.head = nn.Linear(cfg.hidden, len(cfg.heads))
+        self.forecast = nn.Linear(cfg.hidden, 2 * len(cfg.forecast_pairs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [batch, L, n_features] -> logits [batch, heads]; the last step sees the whole context."""
-        out, _ = self.lstm(x)
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, L, n_features] -> LSTM outputs [batch, L, hidden] (causal: step t sees windows <= t)."""
+        if len(self.cfg.baseline_pairs):
+            value = x.index_select(2, self.base_value)
+            present = x.index_select(2, self.base_present)
+            seen = torch.cumsum(value * present, dim=1) - value * present  # sums over earlier windows only
+            count = torch.cumsum(present, dim=1) - present
+            delta = (value - seen / count.clamp(min=1.0)) * present * (count > 0).to(x.dtype)
+            x = torch.cat([x, delta], dim=2)
+        # explicit zero state with the batch's size: the ONNX graph then takes any batch size
+        h0 = x.new_zeros((self.cfg.layers, x.shape[0], self.cfg.hidden))
+        out, _ = self.lstm(x, (h0, h0))
+        return out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [batch, L, n_features] -> (risk logits [batch, heads], forecast [batch, 2, 2K]).
+
+        forecast[:, 0] predicts the last window (from the windows before it), forecast[:, 1] the next one;
+        each row holds K means then K log-variances, in normalised units."""
+        out = self.hidden_states(x)
         logits: torch.Tensor = self.head(out[:, -1])
-        return logits
+        forecast: torch.Tensor = self.forecast(out[:, -2:])
+        return logits, forecast
 
 
 @dataclass
 class Checkpoint:
-    """Everything needed to score: weights, the config, the feature order and normalisation, provenance."""
+    """Everything needed to score: weights, the config, the feature order and normalisation, calibration,
+    provenance (training config, data, metrics)."""
 
     config: LSTMConfig
     state_dict: dict[str, torch.Tensor]
     feature_names: list[str]
     center: list[float]
     scale: list[float]
-    temperature: list[float] = field(default_factory=list)  # per head; calibration (1.0 = none)
+    temperature: list[float] = field(default_factory=list)  # per head, applied to logits (1.0 = none)
     version: str = "untrained"
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # Per head, an isotonic map from probability to calibrated probability: {"x": [...], "y": [...]}
+    # knots, applied with linear interpolation; an empty dict leaves the head as it is.
+    isotonic: list[dict[str, list[float]]] = field(default_factory=list)
+    # "head": the "any" risk is its own head; "conditions": 1 - prod(1 - p_condition), then calibrated.
+    any_source: str = "head"
+    # Per forecast vital, the multiple of the predicted standard deviation that covered `forecast_coverage`
+    # of validation windows (split conformal); an observation outside is an anomaly.
+    forecast_z: list[float] = field(default_factory=list)
+    forecast_coverage: float = 0.99
+    digest: str = ""  # SHA-256 over the tensors and every other field but this one; checked on load
 
     def model(self) -> RiskLSTM:
         net = RiskLSTM(self.config)
@@ -69,18 +144,71 @@ class Checkpoint:
         net.eval()
         return net
 
-    def save(self, path: Path) -> None:
-        doc = {k: v for k, v in asdict(self).items() if k not in ("config", "state_dict")}
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64)."""
+        heads = self.config.heads
+        t = np.asarray(self.temperature or [1.0] * len(heads), dtype=np.float64)
+        p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
+        cond = [heads.index(c) for c in CONDITIONS if c in heads]
+        for i in cond:
+            p[:, i] = self._iso(i, p[:, i])
+        if self.any_source == "conditions" and cond:
+            p[:, heads.index("any")] = 1.0 - np.prod(1.0 - p[:, cond], axis=1)
+        if "any" in heads:
+            i = heads.index("any")
+            p[:, i] = self._iso(i, p[:, i])
+        return p
+
+    def _iso(self, head: int, p: np.ndarray) -> np.ndarray:
+        knots = self.isotonic[head] if head < len(self.isotonic) else {}
+        if not knots:
+            return p
+        return np.interp(p, knots["x"], knots["y"])
+
+    def forecast_intervals(self, forecast: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network forecast [N, 2K] (one step) -> (mean, low, high), each [N, K], in the features' units."""
+        k = len(self.config.forecast_pairs)
+        idx = [f for f, _ in self.config.forecast_pairs]
+        center = np.asarray(self.center, dtype=np.float64)[idx]
+        scale = np.asarray(self.scale, dtype=np.float64)[idx]
+        mu = np.asarray(forecast[:, :k], dtype=np.float64)
+        sd = np.exp(0.5 * np.clip(np.asarray(forecast[:, k:], dtype=np.float64), -20, 20))
+        z = np.asarray(self.forecast_z or [2.576] * k, dtype=np.float64)
+        return center + scale * mu, center + scale * (mu - z * sd), center + scale * (mu + z * sd)
+
+    def _doc(self) -> dict[str, Any]:
+        doc = {k: v for k, v in asdict(self).items() if k not in ("config", "state_dict", "digest")}
         doc["config"] = asdict(self.config)
+        return doc
+
+    def compute_digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.state_dict):
+            tensor = self.state_dict[name].detach().cpu().contiguous()
+            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(tensor.numpy().tobytes())
+        # plain values in a canonical form: tuples and lists hash alike, key order does not matter
+        h.update(json.dumps(self._doc(), sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def save(self, path: Path) -> None:
+        self.digest = self.compute_digest()
+        doc = self._doc()
         doc["state_dict"] = self.state_dict
+        doc["digest"] = self.digest
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(doc, tmp)
         tmp.replace(path)
 
 
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def load_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Checkpoint:
-    """Load without unpickling arbitrary objects: a tampered or foreign file raises ValueError."""
+    """Load without unpickling arbitrary objects and verify the digest: a foreign, corrupt or edited
+    file raises ValueError with what to do about it."""
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -88,8 +216,7 @@ def load_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Checkpoint:
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError for unsafe or corrupt files
         raise ValueError(f"{path}: not a valid VitalStream checkpoint ({type(exc).__name__}: {exc})") from exc
     try:
-        cfg = doc["config"]
-        cfg["heads"] = tuple(cfg["heads"])
+        cfg = {k: _tuples(v) for k, v in doc["config"].items()}
         ckpt = Checkpoint(
             config=LSTMConfig(**cfg),
             state_dict=doc["state_dict"],
@@ -100,8 +227,27 @@ def load_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Checkpoint:
             version=str(doc["version"]),
             metrics=dict(doc.get("metrics", {})),
             training=dict(doc.get("training", {})),
+            isotonic=[dict(k) for k in doc.get("isotonic", [])],
+            any_source=str(doc.get("any_source", "head")),
+            forecast_z=list(doc.get("forecast_z", [])),
+            forecast_coverage=float(doc.get("forecast_coverage", 0.99)),
+            digest=str(doc.get("digest", "")),
         )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{path}: checkpoint is incomplete or from an older version ({exc}); retrain it with `vitalstream train`"
+        ) from exc
+    if not ckpt.digest:
+        raise ValueError(
+            f"{path}: checkpoint has no integrity digest (older format); retrain it with `vitalstream train`"
+        )
+    if ckpt.compute_digest() != ckpt.digest:
+        raise ValueError(
+            f"{path}: checkpoint contents do not match their SHA-256 digest (the file was modified or corrupted "
+            "after training); restore it from version control or retrain it with `vitalstream train`"
+        )
+    try:
         ckpt.model()  # shapes must match the config
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ValueError(f"{path}: checkpoint is incomplete or does not match its config ({exc})") from exc
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path}: checkpoint weights do not match its config ({exc})") from exc
     return ckpt

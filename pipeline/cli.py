@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--hours", type=float, default=3.0)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--lake", type=Path, help="output directory (default ./lake)")
+    d.add_argument("--engine", choices=("torch", "onnx"), help="scoring engine (default: scoring_engine, torch)")
     d.set_defaults(handler=cmd_demo)
 
     b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
@@ -94,15 +95,24 @@ def _parser() -> argparse.ArgumentParser:
         help="as --until-idle, then close every open window (finished recordings)",
     )
     mode.add_argument("--follow", dest="mode", action="store_const", const="follow", help="keep running")
+    r.add_argument("--engine", choices=("torch", "onnx"), help="scoring engine (default: scoring_engine, torch)")
     r.set_defaults(handler=cmd_run, mode="until-idle")
 
     t = sub.add_parser("train", help="train the risk model on simulated patients")
-    t.add_argument("--patients", type=int, default=400, help="simulated patients (default 400)")
+    t.add_argument("--patients", type=int, default=600, help="simulated patients (default 600)")
     t.add_argument("--hours", type=float, default=12.0, help="hours per patient (default 12)")
-    t.add_argument("--epochs", type=int, default=25, help="most epochs; early stopping may end sooner (default 25)")
+    t.add_argument("--epochs", type=int, default=30, help="most epochs; early stopping may end sooner (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, help="checkpoint path (default: the shipped checkpoint in models/checkpoints/)")
+    t.add_argument("--force", action="store_true", help="replace the checkpoint even if the new one does not beat it")
     t.set_defaults(handler=cmd_train)
+
+    ex = sub.add_parser(
+        "export-onnx", help="export the risk model to ONNX for onnxruntime (edge devices, --engine onnx)"
+    )
+    ex.add_argument("--model", type=Path, help="checkpoint (default: model_path, else the shipped one)")
+    ex.add_argument("--out", type=Path, help="ONNX file (default: the checkpoint's path with .onnx)")
+    ex.set_defaults(handler=cmd_export_onnx)
 
     q = sub.add_parser("query", help="run SQL over the lake with DuckDB (views: risk_scores, windows, quarantine)")
     q.add_argument("sql")
@@ -217,7 +227,7 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group)
+    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group, scoring_engine=args.engine)
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
     summary = _run_flow(settings, settings.bootstrap, args.mode)
@@ -242,7 +252,7 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.broker import EmbeddedBroker
 
-    settings = _settings(args, lake=args.lake)
+    settings = _settings(args, lake=args.lake, scoring_engine=args.engine)
     with EmbeddedBroker() as broker:
         print(f"embedded broker at {broker.bootstrap}")
         n = _simulate_into(settings, broker.bootstrap, args.patients, args.hours, args.seed)
@@ -303,8 +313,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     argv = ["--patients", str(args.patients), "--hours", str(args.hours), "--epochs", str(args.epochs)]
     argv += ["--seed", str(args.seed)] + (["--out", str(args.out)] if args.out else [])
+    argv += ["--force"] if args.force else []
     rc: int = train.main(argv) or 0
     return rc
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from models.export import export_onnx
+    from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
+    from pipeline.errors import ModelError
+
+    settings = _settings(args)
+    path = args.model or settings.model_path or DEFAULT_CHECKPOINT
+    try:
+        ckpt = load_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+    out = args.out or path.with_suffix(".onnx")
+    data = export_onnx(ckpt, out)
+    beside = out == path.with_suffix(".onnx")  # where `run --engine onnx` looks without onnx_path
+    use = "vitalstream run --engine onnx" if beside else f"VITALSTREAM_ONNX_PATH={out} vitalstream run --engine onnx"
+    print(f"wrote {out} ({len(data) / 1024:.0f} KiB) from {ckpt.version}; score with it: {use}")
+    return 0
 
 
 def _bar(total: int, desc: str) -> Any:

@@ -54,6 +54,11 @@ class Settings:
     report_hours: float = 24.0
     artifact_top_patients: int = 10
     quality_docs_runs: int = 200
+    # issue 3: model
+    scoring_engine: str = "torch"  # "torch" or "onnx" (onnxruntime, as on an edge device)
+    onnx_path: Path | None = (
+        None  # None: <model_path>.onnx when it exists (`vitalstream export-onnx`), else exported in memory
+    )
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -113,6 +118,8 @@ SETTING_DOCS: dict[str, str] = {
     "report_hours": "`vitalstream report`: hours shown, ending at the patient's last window",
     "artifact_top_patients": "rows of the highest-risk table each scoring run publishes as a Prefect artifact",
     "quality_docs_runs": "newest validation runs per suite that the Data Docs site shows (older results stay on disk)",
+    "scoring_engine": "torch (PyTorch) or onnx (onnxruntime, as on an edge device); run/demo --engine",
+    "onnx_path": "ONNX file for --engine onnx (default <model_path>.onnx if present, else exported in memory)",
 }
 
 
@@ -191,4 +198,6 @@ def _coerce(s: Settings) -> Settings:
         raise ConfigError(
             "compact_target_mb and report_hours must be > 0, artifact_top_patients and quality_docs_runs >= 1"
         )
+    if settings.scoring_engine not in ("torch", "onnx"):
+        raise ConfigError(f"scoring_engine must be torch or onnx, not {settings.scoring_engine!r}")
     return settings

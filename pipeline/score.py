@@ -9,23 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.lstm import CONDITIONS, Checkpoint
+from models.lstm import CONDITIONS, MODEL_FEATURES, Checkpoint
 from pipeline.features import VITALS
 
-MODEL_FEATURES: list[str] = [
-    *(f"{prefix}_{s}" for prefix in VITALS.values() for s in ("mean", "min", "max", "last", "slope_per_min")),
-    *(f"{stream}_present" for stream in VITALS),
-    "glucose_censored_count",
-    "fall_count",
-    "fall_confidence_max",
-    "fall_present",
-]
+ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
+# The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
+FORECAST_VITALS: dict[str, str] = dict(VITALS)
+__all__ = ["ENGINES", "HISTORY_SCHEMA", "MODEL_FEATURES", "RiskLevels", "Scorer", "feature_matrix", "sequences"]
 
 
 HISTORY_SCHEMA = pa.schema(
@@ -90,50 +88,114 @@ def sequences(
 
 
 class Scorer:
-    """Wraps a checkpoint for batch inference on CPU."""
+    """Wraps a checkpoint for batch inference on CPU, with PyTorch or onnxruntime computing the network
+    and the same NumPy post-processing (calibration, intervals, anomalies) for both."""
 
-    def __init__(self, checkpoint: Checkpoint, levels: RiskLevels | None = None, batch_size: int = 2048) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        levels: RiskLevels | None = None,
+        batch_size: int = 2048,
+        engine: str = "torch",
+        onnx_path: Path | None = None,
+    ) -> None:
         if checkpoint.feature_names != MODEL_FEATURES:
             raise ValueError("checkpoint was trained on a different feature set; retrain it (vitalstream train)")
+        if len(checkpoint.config.forecast_pairs) != len(FORECAST_VITALS):
+            raise ValueError("checkpoint has no forecast for every vital; retrain it (vitalstream train)")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown scoring engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.checkpoint = checkpoint
+        self.engine = engine
         self.net = checkpoint.model()
+        self.session = onnx_session(checkpoint, onnx_path) if engine == "onnx" else None
         self.center = np.asarray(checkpoint.center, dtype=np.float64)
         self.scale = np.asarray(checkpoint.scale, dtype=np.float64)
-        self.temperature = torch.tensor(checkpoint.temperature, dtype=torch.float32)
         self.levels = levels or RiskLevels()
         self.batch_size = batch_size
         self.length = checkpoint.config.window_count
 
-    @torch.inference_mode()
+    def network(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N, L, F] -> raw network outputs (logits [N, heads], forecast [N, 2, 2K]), in chunks."""
+        heads = len(self.checkpoint.config.heads)
+        k2 = 2 * len(self.checkpoint.config.forecast_pairs)
+        logits, forecast = [np.zeros((0, heads), np.float32)], [np.zeros((0, 2, k2), np.float32)]
+        for start in range(0, len(x), self.batch_size):
+            chunk = np.ascontiguousarray(x[start : start + self.batch_size])
+            if self.session is not None:
+                lo, fc = self.session.run(["logits", "forecast"], {"x": chunk})
+            else:
+                with torch.inference_mode():
+                    lo_t, fc_t = self.net(torch.from_numpy(chunk))
+                lo, fc = lo_t.numpy(), fc_t.numpy()
+            logits.append(lo)
+            forecast.append(fc)
+        return np.concatenate(logits), np.concatenate(forecast)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """[N, L, F] -> calibrated probabilities [N, heads]."""
-        out = []
-        for start in range(0, len(x), self.batch_size):
-            logits = self.net(torch.from_numpy(x[start : start + self.batch_size]))
-            out.append(torch.sigmoid(logits / self.temperature).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.checkpoint.config.heads)), np.float32)
+        return self.checkpoint.probabilities(self.network(x)[0])
 
     def score(self, history: pa.Table, closed: pa.Table, window_ms: int) -> tuple[pa.Table, pa.Table]:
         """Score `closed` windows with context from `history`; returns (risk_scores, new history)."""
         context = pa.concat_tables([history.cast(HISTORY_SCHEMA), model_inputs(closed)])
         ctx_x = feature_matrix(context, self.center, self.scale)
         x, present = sequences(context, ctx_x, closed, window_ms, self.length)
-        p = self.predict(x)
+        logits, forecast = self.network(x)
+        p = self.checkpoint.probabilities(logits)
         heads = self.checkpoint.config.heads
         scores = {
             "patient_id": closed.column("patient_id"),
             "window_start": closed.column("window_start"),
             "window_end": closed.column("window_end"),
-            "risk_score": pa.array(p[:, heads.index("any")].astype(np.float64)),
+            "risk_score": pa.array(p[:, heads.index("any")]),
             "risk_level": self.levels.label(p[:, heads.index("any")]),
         }
         for cond in CONDITIONS:
-            scores[f"p_{cond}"] = pa.array(p[:, heads.index(cond)].astype(np.float64))
+            scores[f"p_{cond}"] = pa.array(p[:, heads.index(cond)])
+        mean, low, high = self.checkpoint.forecast_intervals(forecast[:, 1])
+        for k, prefix in enumerate(FORECAST_VITALS.values()):
+            unseen = x[:, :, self.checkpoint.config.forecast_pairs[k][1]].sum(axis=1) == 0  # no sensor: null
+            scores[f"{prefix}_forecast"] = pa.array(mean[:, k], mask=unseen)
+            scores[f"{prefix}_forecast_low"] = pa.array(low[:, k], mask=unseen)
+            scores[f"{prefix}_forecast_high"] = pa.array(high[:, k], mask=unseen)
+        scores["anomalies"] = self.anomalies(x, forecast[:, 0], closed)
         scores["context_windows"] = pa.array(present, pa.int32())
         scores["model_version"] = pa.array([self.checkpoint.version] * len(closed), pa.string())
         now = datetime.now(UTC).replace(microsecond=0)
         scores["scored_at"] = pa.array([now] * len(closed), pa.timestamp("ms", tz="UTC"))
         return pa.table(scores), prune_history(context, window_ms, self.length)
+
+    def anomalies(self, x: np.ndarray, forecast_now: np.ndarray, closed: pa.Table) -> pa.Array:
+        """Streams whose observed window mean lies outside the interval forecast for this window from the
+        windows before it ("" when none). Checked only where the stream was seen earlier in the context."""
+        _mean, low, high = self.checkpoint.forecast_intervals(forecast_now)
+        names = np.full(len(closed), "", dtype=object)
+        for k, (stream, prefix) in enumerate(FORECAST_VITALS.items()):
+            observed = np.asarray(
+                pc.cast(closed.column(f"{prefix}_mean"), pa.float64()).to_numpy(zero_copy_only=False), np.float64
+            )
+            seen_before = x[:, :-1, self.checkpoint.config.forecast_pairs[k][1]].sum(axis=1) > 0
+            outside = seen_before & ~np.isnan(observed) & ((observed < low[:, k]) | (observed > high[:, k]))
+            names[outside] = np.where(names[outside] == "", stream, names[outside] + "," + stream)
+        return pa.array(names.tolist(), pa.string())
+
+
+def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
+    """An onnxruntime session for the checkpoint's network: from `path` (written by `vitalstream
+    export-onnx`) when it exists, else exported in memory. A file from another checkpoint is refused."""
+    import onnxruntime as ort
+
+    from models.export import export_onnx
+
+    model = path.read_bytes() if path is not None and path.exists() else export_onnx(checkpoint)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # warnings about unused initialisers are noise here
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    digest = session.get_modelmeta().custom_metadata_map.get("checkpoint_digest", "")
+    if digest != checkpoint.digest:
+        raise ValueError(f"{path}: ONNX model was exported from another checkpoint; re-run `vitalstream export-onnx`")
+    return session
 
 
 def prune_history(context: pa.Table, window_ms: int, length: int) -> pa.Table:

@@ -66,6 +66,9 @@ class Simulation:
     events: pa.Table
     patients: pa.Table
     faults: dict[str, int] = field(default_factory=dict)
+    # The injected episodes (not the ground truth, which `events` derives from the readings): onset and
+    # precursor length, 0 for an episode with no warning. For judging what a model could foresee.
+    episodes: pa.Table | None = None
 
 
 def simulate(config: SimulationConfig) -> Simulation:
@@ -109,6 +112,16 @@ def simulate(config: SimulationConfig) -> Simulation:
     episodes = _episodes(rng, profile, config.hours)
     for p, cond, onset_s, lead_s, strength in episodes:
         _apply_episode(rng, p, cond, onset_s, lead_s, strength, t_v, t_g, hr, rr, glucose, activity, falls_t)
+    episode_table = pa.table(
+        {
+            "patient_id": pa.array([ids[e[0]] for e in episodes], pa.string()),
+            "condition": pa.array([CONDITIONS[e[1]] for e in episodes], pa.string()),
+            "onset": pa.array([start + int(e[2] * 1000) for e in episodes], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "precursor_minutes": pa.array([e[3] * e[4] / 60 for e in episodes], pa.float64()),  # as _apply_episode
+        }
+    )
 
     hr = np.clip(hr + rng.normal(0, 1.5, hr.shape), 25, 250)
     rr = np.clip(rr + rng.normal(0, 0.7, rr.shape), 3, 60)
@@ -133,7 +146,7 @@ def simulate(config: SimulationConfig) -> Simulation:
     readings = pa.concat_tables(tables).sort_by([("event_time", "ascending"), ("patient_id", "ascending")])
     events = detect_events(readings)
     patients = pa.table({"patient_id": pa.array(ids, pa.string()), "profile": [PROFILES[i] for i in profile]})
-    return Simulation(config, readings, events, patients)
+    return Simulation(config, readings, events, patients, episodes=episode_table)
 
 
 def _ou(rng: np.random.Generator, n: int, steps: int, dt: float, tau_s: float, sigma: float | np.ndarray) -> np.ndarray:

@@ -1,98 +1,112 @@
-"""The risk model: labels, training on a small simulation, safe loading, and the shipped checkpoint."""
+"""The risk model: a tiny training run end to end, calibration, safe and verified loading, the promotion
+rule, and the shipped checkpoint's recorded evaluation."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from conftest import T0
+import torch
 
-from models.labels import window_labels
-from models.lstm import DEFAULT_CHECKPOINT, HEADS, load_checkpoint
-from models.train import TrainConfig, auroc, clinical_score, train
+from models.lstm import CONDITIONS, DEFAULT_CHECKPOINT, HEADS, Checkpoint, LSTMConfig, RiskLSTM, load_checkpoint
+from models.train import BASELINES, TrainConfig, should_promote, train
 from pipeline.score import MODEL_FEATURES
 
-MIN = 60_000
+TINY = TrainConfig(patients=60, hours=4.0, epochs=2, hidden=16, layers=1, window_count=6, seed=3, bootstrap=20)
 
 
-def _windows(patient: list[str], end_minutes: list[int]) -> pa.Table:
-    return pa.table(
-        {
-            "patient_id": patient,
-            "window_end": pa.array([T0 + m * MIN for m in end_minutes], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-        }
-    )
+@pytest.fixture(scope="module")
+def trained() -> Checkpoint:
+    ckpt, _splits = train(TINY, log=lambda _: None)
+    return ckpt
 
 
-def _events(rows: list[tuple[str, str, int, int]]) -> pa.Table:
-    return pa.table(
-        {
-            "patient_id": [r[0] for r in rows],
-            "condition": [r[1] for r in rows],
-            "onset": pa.array([T0 + r[2] * MIN for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            "end": pa.array([T0 + r[3] * MIN for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-        }
-    )
-
-
-def test_labels_look_ahead_by_the_horizon_and_mark_ongoing_windows() -> None:
-    windows = _windows(["A", "A", "A", "A", "B"], [0, 30, 65, 100, 30])
-    events = _events([("A", "cardiac", 60, 90)])
-    labels, ongoing = window_labels(windows, events, horizon_minutes=60)
-    any_, cardiac, hypo = HEADS.index("any"), HEADS.index("cardiac"), HEADS.index("hypoglycaemia")
-    # onset at 60 min: the windows ending at 0 (onset exactly at the horizon) and 30 min predict it
-    assert labels[:, any_].tolist() == [1, 1, 0, 0, 0]
-    assert labels[:, cardiac].tolist() == [1, 1, 0, 0, 0]
-    assert labels[:, hypo].sum() == 0
-    assert ongoing.tolist() == [False, False, True, False, False]  # 65 lies inside (60, 90]; B never
-
-
-def test_labels_without_events_are_all_negative() -> None:
-    labels, ongoing = window_labels(_windows(["A"], [0]), _events([]).slice(0, 0))
-    assert labels.sum() == 0 and not ongoing.any()
-
-
-def test_auroc_matches_the_pairwise_definition() -> None:
-    rng = np.random.default_rng(0)
-    y = rng.random(200) < 0.3
-    s = np.round(rng.random(200), 1)  # ties count one half
-    pos, neg = s[y], s[~y]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
-        len(pos) * len(neg)
-    )
-    assert auroc(y.astype(float), s) == pytest.approx(pairwise)
-
-
-def test_clinical_baseline_scores_news2_and_cgm_thresholds() -> None:
-    t = pa.table(
-        {
-            "heart_rate_bpm_last": [70.0, 135.0, None],
-            "respiration_rate_per_min_last": [16.0, 26.0, None],
-            "glucose_mg_dl_last": [110.0, None, 50.0],
-        }
-    )
-    assert clinical_score(t).tolist() == [0.0, 6.0, 6.0]
-
-
-def test_a_small_training_run_learns_and_round_trips(tmp_path: Path) -> None:
-    cfg = TrainConfig(patients=60, hours=4.0, epochs=3, hidden=16, layers=1, window_count=6, seed=3)
-    ckpt, metrics = train(cfg, log=lambda _: None)
-    assert metrics["test_windows"] > 0 and set(HEADS) <= set(metrics)
-    assert ckpt.feature_names == list(MODEL_FEATURES) and len(ckpt.temperature) == len(HEADS)
+def test_a_small_training_run_evaluates_against_every_baseline_and_round_trips(
+    trained: Checkpoint, tmp_path: Path
+) -> None:
+    m = trained.metrics
+    assert m["test_windows"] > 0 and set(m["heads"]) == set(HEADS)
+    for head in HEADS:
+        row = m["heads"][head]
+        assert {"model", *BASELINES} <= set(row)
+        if row["positives"]:
+            lo, hi = row["model"]["auroc_ci"]
+            assert lo <= row["model"]["auroc"] <= hi
+    assert {"model", "news2_red", *BASELINES} == set(m["alerts"])
+    assert m["alerts"]["model"]["alerts_per_patient_day"] <= 1.0
+    assert set(m["targets"]) == {"auroc", "auprc", "sensitivity_at_budget", "median_lead_minutes", "ece"}
+    assert trained.feature_names == list(MODEL_FEATURES) and len(trained.isotonic) == len(HEADS)
+    assert trained.training["history"] and trained.training["config"]["patients"] == 60
     path = tmp_path / "m.pt"
-    ckpt.save(path)
+    trained.save(path)
     loaded = load_checkpoint(path)
-    assert loaded.version == ckpt.version and loaded.config == ckpt.config
-    x = np.zeros((2, cfg.window_count, len(MODEL_FEATURES)), np.float32)
-    import torch
-
+    assert loaded.version == trained.version and loaded.config == trained.config
+    assert json.dumps(loaded.metrics, sort_keys=True) == json.dumps(trained.metrics, sort_keys=True)  # NaN-safe
+    x = torch.from_numpy(
+        np.random.default_rng(0).normal(size=(3, TINY.window_count, len(MODEL_FEATURES))).astype(np.float32)
+    )
     with torch.no_grad():
-        a = ckpt.model()(torch.from_numpy(x)).numpy()
-        b = loaded.model()(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(a, b)
+        for a, b in zip(trained.model()(x), loaded.model()(x), strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_training_is_reproducible_for_a_seed() -> None:
+    small = TrainConfig(patients=30, hours=2.0, epochs=1, hidden=8, layers=1, window_count=4, seed=1, bootstrap=5)
+    first, _ = train(small, log=lambda _: None)
+    again, _ = train(small, log=lambda _: None)
+    for name, tensor in first.state_dict.items():
+        torch.testing.assert_close(tensor, again.state_dict[name], rtol=0, atol=0)
+
+
+def test_probabilities_are_calibrated_and_any_can_come_from_the_conditions() -> None:
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=2)
+    ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), [0.0] * 22, [1.0] * 22)
+    logits = np.zeros((1, len(HEADS)))  # sigmoid 0.5 everywhere
+    ckpt.any_source = "conditions"
+    expected_any = 1 - 0.5 ** len(CONDITIONS)
+    assert ckpt.probabilities(logits)[0].tolist() == pytest.approx([expected_any] + [0.5] * len(CONDITIONS))
+    # an isotonic map per head: here every condition 0.5 -> 0.1, and any's value halved
+    ckpt.isotonic = [{"x": [0.0, 1.0], "y": [0.0, 0.5]}] + [{"x": [0.0, 0.5, 1.0], "y": [0.0, 0.1, 0.2]}] * len(
+        CONDITIONS
+    )
+    p = ckpt.probabilities(logits)[0]
+    assert p[1:].tolist() == pytest.approx([0.1] * len(CONDITIONS))
+    assert p[0] == pytest.approx(0.5 * (1 - 0.9 ** len(CONDITIONS)))
+
+
+def test_forecast_intervals_are_in_physical_units() -> None:
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=2)
+    center, scale = [0.0] * 22, [1.0] * 22
+    f_glucose = cfg.forecast_pairs[0][0]
+    center[f_glucose], scale[f_glucose] = 100.0, 20.0
+    ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), center, scale, forecast_z=[2.0, 2.0, 2.0])
+    mean, low, high = ckpt.forecast_intervals(np.array([[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]]))  # log-variance 0: sd 1
+    assert (mean[0, 0], low[0, 0], high[0, 0]) == pytest.approx((110.0, 70.0, 150.0))
+
+
+def test_the_promotion_rule() -> None:
+    assert should_promote({"auroc": 0.7, "auprc": 0.2}, None)[0]
+    assert should_promote({"auroc": 0.71, "auprc": 0.2}, {"auroc": 0.70, "auprc": 0.3})[0]
+    assert not should_promote({"auroc": 0.70, "auprc": 0.3}, {"auroc": 0.70, "auprc": 0.2})[0]  # a tie keeps it
+    assert not should_promote({"auroc": 0.65, "auprc": 0.3}, {"auroc": 0.70, "auprc": 0.2})[0]
+
+
+def test_the_flow_keeps_a_better_shipped_checkpoint_and_writes_the_new_one_as_a_candidate(tmp_path: Path) -> None:
+    from flows.training import training_flow
+
+    out = tmp_path / "risk.pt"
+    kw = {"patients": 40, "hours": 3.0, "epochs": 1, "seed": 5, "out": out, "bootstrap": 10}
+    first = training_flow.fn(**kw)
+    assert first["promoted"] and out.exists() and (tmp_path / "model_card.md").exists()
+    second = training_flow.fn(**kw)  # same seed, same model: it does not beat the shipped one
+    assert not second["promoted"] and "<=" in second["reason"]
+    assert load_checkpoint(out).version == first["version"]
+    assert (tmp_path / "risk.candidate.pt").exists() and (tmp_path / "model_card.candidate.md").exists()
+    forced = training_flow.fn(**kw, force=True)
+    assert forced["promoted"] and load_checkpoint(out).metrics["promotion"]["reason"].startswith("forced")
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
@@ -109,12 +123,71 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "junk.pt")
 
 
-def test_the_shipped_checkpoint_is_trained_and_beats_the_clinical_rules() -> None:
+def test_a_tampered_checkpoint_is_rejected(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    doc = torch.load(tiny_checkpoint, weights_only=True)
+    edited = dict(doc, state_dict={k: v.clone() for k, v in doc["state_dict"].items()})
+    edited["state_dict"]["head.bias"] += 0.5  # a weight changed after training
+    torch.save(edited, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="do not match their SHA-256 digest"):
+        load_checkpoint(tmp_path / "weights.pt")
+    torch.save(dict(doc, scale=[2.0] * len(doc["scale"])), tmp_path / "meta.pt")  # normalisation edited
+    with pytest.raises(ValueError, match="retrain it with `vitalstream train`"):
+        load_checkpoint(tmp_path / "meta.pt")
+    torch.save({k: v for k, v in doc.items() if k != "digest"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="no integrity digest"):
+        load_checkpoint(tmp_path / "old.pt")
+    assert load_checkpoint(tiny_checkpoint).digest == doc["digest"]  # the untouched file still loads
+
+
+def test_the_shipped_checkpoint_is_trained_small_and_beats_the_clinical_rules() -> None:
+    assert DEFAULT_CHECKPOINT.stat().st_size < 2 * 1024 * 1024
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
     assert ckpt.version.startswith("lstm-") and ckpt.feature_names == list(MODEL_FEATURES)
     m = ckpt.metrics
-    assert m["test_windows"] > 1000
-    # held-out patients; the full evaluation (alert budgets, intervals) is issue #3
-    assert m["any"]["auroc"] > m["any"]["baseline_auroc"]
-    for condition in HEADS[1:]:
-        assert m[condition]["auroc"] > 0.5, condition
+    assert m["test_windows"] > 5000 and m["promotion"]["promoted"]
+    any_ = m["heads"]["any"]
+    for baseline in BASELINES:
+        assert any_["model"]["auroc"] > any_[baseline]["auroc"], baseline
+    for condition in CONDITIONS:
+        assert m["heads"][condition]["model"]["auroc"] > 0.6, condition
+    assert m["calibration"]["ece"] < m["calibration"]["ece_uncalibrated"]
+    assert (DEFAULT_CHECKPOINT.parent / "model_card.md").read_text().count(ckpt.version) == 1
+
+
+def test_a_jump_no_threshold_describes_is_flagged_as_an_anomaly() -> None:
+    import pyarrow as pa
+    from conftest import T0
+
+    from pipeline.features import window_features
+    from pipeline.score import HISTORY_SCHEMA, Scorer
+
+    rng = np.random.default_rng(0)
+    t_s = np.arange(0, 13 * 300, 5)  # 13 windows of heart rate and respiration at 5-second cadence
+    hr = 72 + rng.normal(0, 1.5, len(t_s))
+    hr[t_s >= 12 * 300] += 40  # 112 bpm in the last window: NEWS2 scores it 2, no event threshold is crossed
+    rr = 15 + rng.normal(0, 0.7, len(t_s))
+    n = len(t_s)
+    readings = pa.table(
+        {
+            "patient_id": ["P1"] * (2 * n),
+            "device_id": ["hr"] * n + ["rr"] * n,
+            "stream": ["heart_rate"] * n + ["respiration"] * n,
+            "event_time": pa.array(np.r_[T0 + t_s * 1000, T0 + t_s * 1000].astype(np.int64)).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "value": np.r_[hr, rr],
+            "fall_confidence": pa.nulls(2 * n, pa.float64()),
+            "impact_g": pa.nulls(2 * n, pa.float64()),
+            "censored": [False] * (2 * n),
+        }
+    )
+    windows = window_features(readings, 300_000)
+    scores, _ = Scorer(load_checkpoint()).score(HISTORY_SCHEMA.empty_table(), windows, 300_000)
+    flags = scores.column("anomalies").to_pylist()
+    assert flags[-1] == "heart_rate" and flags[-2] == ""
+    assert scores.column("glucose_mg_dl_forecast").null_count == len(scores)  # no CGM: no glucose forecast
+    low, high = (
+        scores.column("heart_rate_bpm_forecast_low")[5].as_py(),
+        scores.column("heart_rate_bpm_forecast_high")[5].as_py(),
+    )
+    assert low < 72 < high

@@ -1,0 +1,60 @@
+"""Windows scored per second by each scoring engine (PyTorch, onnxruntime), with the shipped checkpoint.
+
+    python bench/scoring.py [--patients 2000] [--hours 1] [--repeats 3]
+
+Simulates patients, builds their windows (not timed), then scores all windows with `Scorer.score` as the
+engine does (context gathering, network, calibration, forecasts, anomalies) once per engine and repeat;
+prints the best rate per engine and the largest difference between the engines' risk scores. A
+benchmark, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patients", type=int, default=2000)
+    ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    import numpy as np
+    import torch
+
+    from models.lstm import load_checkpoint
+    from pipeline.features import window_features
+    from pipeline.score import ENGINES, HISTORY_SCHEMA, Scorer
+    from pipeline.simulate import SimulationConfig, simulate
+
+    sim = simulate(SimulationConfig(patients=args.patients, hours=args.hours, seed=1, start_ms=1_795_305_600_000))
+    windows = window_features(sim.readings, 300_000)
+    ckpt = load_checkpoint()
+    empty = HISTORY_SCHEMA.empty_table()
+    print(
+        f"{len(windows):,} windows of {args.patients:,} patients; checkpoint {ckpt.version}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    risk = {}
+    for engine in ENGINES:
+        scorer = Scorer(ckpt, engine=engine)
+        scorer.score(empty, windows.slice(0, 256), 300_000)  # warm-up (first calls allocate)
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            scores, _ = scorer.score(empty, windows, 300_000)
+            best = min(best, time.perf_counter() - t0)
+        risk[engine] = scores.column("risk_score").to_numpy()
+        print(f"  {engine:<6} {len(windows) / best:>12,.0f} windows scored/s   ({best:.2f} s for all)")
+    diff = float(np.abs(risk["torch"] - risk["onnx"]).max())
+    print(f"  largest |torch - onnx| risk_score difference: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

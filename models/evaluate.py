@@ -1,0 +1,304 @@
+"""How the risk model is judged: discrimination, calibration, the clinical baselines on the same windows,
+alerting at a fixed budget, and patient-level bootstrap intervals. Plain NumPy over arrays, no training.
+
+Baselines (all scored on the last window of each test sequence, i.e. what a clinician sees now):
+- partial NEWS2: the heart-rate and respiration-rate rows of NEWS2 (0-6), and its red rule as a binary alert;
+- CGM consensus: the glucose level of the current value (0 in range, 1 level 1, 2 level 2, both sides);
+- their combination: partial NEWS2 + 3 points per CGM level (a level-2 glucose counts like a red score);
+- logistic regression on the last window's model features, fitted on the training patients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+MINUTE_MS = 60_000
+
+
+# --- discrimination and calibration ---------------------------------------------------------------------
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney); ties count one half."""
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        return float("nan")
+    ranks = _rank(s)
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+
+
+def auprc(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision: precision at each positive, in descending score order; tied scores form one
+    step (so a constant score gets the prevalence, not an order-dependent value)."""
+    if not (y == 1).any():
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    ys, ss = y[order] == 1, s[order]
+    last_of_tie = np.r_[ss[1:] != ss[:-1], True]
+    tp = np.cumsum(ys)[last_of_tie]
+    seen = np.flatnonzero(last_of_tie) + 1
+    new_tp = np.diff(np.r_[0, tp])
+    return float((new_tp * tp / seen).sum() / ys.sum())
+
+
+def _rank(s: np.ndarray) -> np.ndarray:
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    _uniq, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return (sums / counts)[inv]  # ties get their average rank
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean predicted, observed rate, count) per equal-width probability bin that holds windows."""
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    return [(float(p[idx == b].mean()), float(y[idx == b].mean()), int((idx == b).sum())) for b in np.unique(idx)]
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: |predicted - observed| per bin, weighted by the bin's share of windows."""
+    return float(sum(n * abs(mp - rate) for mp, rate, n in calibration_bins(y, p, bins)) / max(len(y), 1))
+
+
+def fit_isotonic(p: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+    """Pool-adjacent-violators: the non-decreasing step function of p closest to y in squared error.
+    Returns knots (block mean of p, block rate of y) for linear interpolation between blocks."""
+    order = np.argsort(p, kind="stable")
+    ps, ys = p[order].astype(np.float64), y[order].astype(np.float64)
+    # merge tied scores first: a tie must map to one value
+    _u, start = np.unique(ps, return_index=True)
+    w = np.diff(np.r_[start, len(ps)]).astype(np.float64)
+    sy = np.add.reduceat(ys, start)
+    sp = np.add.reduceat(ps, start)
+    blocks: list[list[float]] = []  # [sum y, sum p, weight]
+    for a, b, c in zip(sy, sp, w, strict=True):
+        blocks.append([a, b, c])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][2] >= blocks[-1][0] / blocks[-1][2]:
+            a2, b2, c2 = blocks.pop()
+            blocks[-1][0] += a2
+            blocks[-1][1] += b2
+            blocks[-1][2] += c2
+    return {"x": [float(b[1] / b[2]) for b in blocks], "y": [float(b[0] / b[2]) for b in blocks]}
+
+
+# --- clinical baselines -------------------------------------------------------------------------------------
+
+
+def _col(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def news2_partial(windows: pa.Table) -> np.ndarray:
+    """NEWS2 points for respiration rate and pulse (0-6) from the window's last readings; a missing
+    stream scores 0, as an unmeasured parameter would."""
+    hr = _col(windows, "heart_rate_bpm_last")
+    rr = _col(windows, "respiration_rate_per_min_last")
+    rr_pts = np.select([rr <= 8, rr <= 11, rr <= 20, rr <= 24, rr >= 25], [3, 1, 0, 2, 3], 0)
+    hr_pts = np.select([hr <= 40, hr <= 50, hr <= 90, hr <= 110, hr <= 130, hr >= 131], [3, 1, 0, 1, 2, 3], 0)
+    return (np.where(np.isnan(rr), 0, rr_pts) + np.where(np.isnan(hr), 0, hr_pts)).astype(np.float64)
+
+
+def news2_red(windows: pa.Table) -> np.ndarray:
+    """The red rule as a 0/1 alert: a 3 in either parameter (HR <= 40 or >= 131, RR <= 8 or >= 25)."""
+    hr = _col(windows, "heart_rate_bpm_last")
+    rr = _col(windows, "respiration_rate_per_min_last")
+    with np.errstate(invalid="ignore"):
+        red = (hr <= 40) | (hr >= 131) | (rr <= 8) | (rr >= 25)
+    return red.astype(np.float64)
+
+
+def cgm_level(windows: pa.Table) -> np.ndarray:
+    """International consensus glucose level of the current value: 0 in 70-180 mg/dL, 1 for 54-69 or
+    181-250, 2 below 54 or above 250; no reading scores 0."""
+    g = _col(windows, "glucose_mg_dl_last")
+    with np.errstate(invalid="ignore"):
+        level = np.where((g < 54) | (g > 250), 2, np.where((g < 70) | (g > 180), 1, 0))
+    return np.where(np.isnan(g), 0, level).astype(np.float64)
+
+
+def clinical_score(windows: pa.Table) -> np.ndarray:
+    """Partial NEWS2 plus 3 points per CGM consensus level."""
+    return news2_partial(windows) + 3 * cgm_level(windows)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25) -> np.ndarray:
+    """Logistic regression by Newton's method with a small ridge penalty; returns [intercept, weights]."""
+    xb = np.c_[np.ones(len(x)), x.astype(np.float64)]
+    w = np.zeros(xb.shape[1])
+    reg = l2 * len(x) * np.eye(xb.shape[1])
+    reg[0, 0] = 0.0  # the intercept is not shrunk
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + reg @ w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + reg
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(w[0] + x.astype(np.float64) @ w[1:], -30, 30)))
+
+
+# --- alerting at a fixed budget -------------------------------------------------------------------------
+
+
+@dataclass
+class AlertResult:
+    threshold: float
+    alerts: int
+    alerts_per_patient_day: float
+    events: int  # events with at least one scored window in the horizon before onset
+    detected: int
+    sensitivity: float
+    ppv: float
+    median_lead_minutes: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def alerts(patient: np.ndarray, t_ms: np.ndarray, fire: np.ndarray, refractory_ms: int) -> np.ndarray:
+    """Indices of alerts: a window whose score crosses the threshold raises one unless the same patient had
+    an alert within `refractory_ms` before (one alarm per episode, as monitors suppress repeats)."""
+    idx = np.flatnonzero(fire)
+    idx = idx[np.lexsort((t_ms[idx], patient[idx]))]
+    out: list[int] = []
+    last_p, last_t = None, 0
+    for i in idx.tolist():
+        if patient[i] != last_p or t_ms[i] - last_t >= refractory_ms:
+            out.append(i)
+            last_p, last_t = patient[i], t_ms[i]
+    return np.asarray(out, dtype=np.int64)
+
+
+def alert_stats(
+    patient: np.ndarray,
+    t_ms: np.ndarray,
+    fire: np.ndarray,
+    ev_patient: np.ndarray,
+    ev_onset: np.ndarray,
+    horizon_ms: int,
+    patient_days: float,
+    threshold: float = float("nan"),
+) -> AlertResult:
+    """Sensitivity: share of events with an alert in [onset - H, onset); PPV: share of alerts followed by an
+    onset within H; lead time: onset minus the first alert in that span. Only events with a scored window
+    in the span count (the rest could not have been predicted from these windows)."""
+    a = alerts(patient, t_ms, fire, horizon_ms)
+    a_p, a_t = patient[a], t_ms[a]
+    followed = np.zeros(len(a), dtype=bool)
+    detected, leads, counted = 0, [], 0
+    for p, onset in zip(ev_patient.tolist(), ev_onset.tolist(), strict=True):
+        in_span = (patient == p) & (t_ms < onset) & (t_ms >= onset - horizon_ms)
+        if not in_span.any():
+            continue
+        counted += 1
+        hit = (a_p == p) & (a_t < onset) & (a_t >= onset - horizon_ms)
+        followed |= hit
+        if hit.any():
+            detected += 1
+            leads.append((onset - a_t[hit].min()) / MINUTE_MS)
+    return AlertResult(
+        threshold=float(threshold),
+        alerts=len(a),
+        alerts_per_patient_day=len(a) / patient_days if patient_days else float("nan"),
+        events=counted,
+        detected=detected,
+        sensitivity=detected / counted if counted else float("nan"),
+        ppv=float(followed.mean()) if len(a) else float("nan"),
+        median_lead_minutes=float(np.median(leads)) if leads else float("nan"),
+    )
+
+
+def at_budget(
+    score: np.ndarray,
+    patient: np.ndarray,
+    t_ms: np.ndarray,
+    ev_patient: np.ndarray,
+    ev_onset: np.ndarray,
+    horizon_ms: int,
+    patient_days: float,
+    budget_per_day: float = 1.0,
+) -> AlertResult:
+    """The lowest threshold whose alerts stay within `budget_per_day` per patient-day (binary search over
+    the distinct scores: with the refractory period the alert count grows with a lower threshold)."""
+    cand = np.unique(score)[::-1]  # highest first
+
+    def rate(k: int) -> float:
+        return len(alerts(patient, t_ms, score >= cand[k], horizon_ms)) / patient_days
+
+    lo, hi = 0, len(cand) - 1  # invariant: cand[lo] within budget (or nothing is)
+    if rate(lo) > budget_per_day:
+        return alert_stats(patient, t_ms, np.zeros(len(score), bool), ev_patient, ev_onset, horizon_ms, patient_days)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if rate(mid) <= budget_per_day:
+            lo = mid
+        else:
+            hi = mid - 1
+    thr = float(cand[lo])
+    return alert_stats(patient, t_ms, score >= thr, ev_patient, ev_onset, horizon_ms, patient_days, thr)
+
+
+# --- bootstrap ----------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    patient: np.ndarray,
+    metric: Callable[[np.ndarray], float],
+    reps: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of `metric(row indices)` over resamples of patients with replacement: windows
+    of one patient are correlated, so patients, not windows, are the unit of resampling."""
+    rng = np.random.default_rng(seed)
+    uniq, code = np.unique(patient, return_inverse=True)
+    rows_of = np.split(np.argsort(code, kind="stable"), np.cumsum(np.bincount(code))[:-1])
+    values = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        v = metric(np.concatenate([rows_of[i] for i in pick]))
+        if not np.isnan(v):
+            values.append(v)
+    if not values:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+# --- what could be foreseen ---------------------------------------------------------------------------------
+
+
+def precursor_leads(events: pa.Table, episodes: pa.Table, window_ms: int = 60 * MINUTE_MS) -> np.ndarray:
+    """Per ground-truth event, minutes between the start of its injected precursor and its onset by the
+    thresholds (0 for an episode injected with no warning, or an event no episode caused, e.g. a burst of
+    activity). The event is matched to the same patient's nearest episode of the same condition whose
+    injected onset lies within an hour after the threshold onset (a ramp crosses the threshold before
+    it reaches its target). No alert can lead an event by more than this on the signal it was given."""
+    ev_p = np.asarray(events.column("patient_id").to_pylist(), dtype=object)
+    ev_c = np.asarray(events.column("condition").to_pylist(), dtype=object)
+    ev_t = events.column("onset").cast(pa.int64()).to_numpy()
+    ep_p = np.asarray(episodes.column("patient_id").to_pylist(), dtype=object)
+    ep_c = np.asarray(episodes.column("condition").to_pylist(), dtype=object)
+    ep_t = episodes.column("onset").cast(pa.int64()).to_numpy()
+    ep_lead = episodes.column("precursor_minutes").to_numpy()
+    out = np.zeros(len(ev_t))
+    for i in range(len(ev_t)):
+        m = (ep_p == ev_p[i]) & (ep_c == ev_c[i]) & (ep_t >= ev_t[i] - 10 * MINUTE_MS) & (ep_t <= ev_t[i] + window_ms)
+        if not m.any():
+            continue
+        j = np.flatnonzero(m)[np.argmin(np.abs(ep_t[m] - ev_t[i]))]
+        if ep_lead[j] > 0:
+            start = ep_t[j] - ep_lead[j] * MINUTE_MS
+            out[i] = max(0.0, (ev_t[i] - start) / MINUTE_MS)
+    return out

@@ -1,0 +1,119 @@
+"""The yardsticks of the model card, on hand-made examples: clinical baselines, metrics, alerting at a
+budget, patient bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from models import evaluate as ev
+
+MIN = 60_000
+
+
+def _last(hr: list[float | None], rr: list[float | None], glucose: list[float | None]) -> pa.Table:
+    return pa.table(
+        {
+            "heart_rate_bpm_last": pa.array(hr, pa.float64()),
+            "respiration_rate_per_min_last": pa.array(rr, pa.float64()),
+            "glucose_mg_dl_last": pa.array(glucose, pa.float64()),
+        }
+    )
+
+
+def test_partial_news2_scores_the_published_bands() -> None:
+    hr = [70, 45, 100, 120, 131, 40, 70, 70, 70, 70, None]
+    rr = [16, 16, 16, 16, 16, 16, 10, 22, 25, 8, None]
+    t = _last(hr, rr, [None] * len(hr))
+    assert ev.news2_partial(t).tolist() == [0, 1, 1, 2, 3, 3, 1, 2, 3, 3, 0]
+    assert ev.news2_red(t).tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0]
+
+
+def test_cgm_consensus_levels_and_the_combination() -> None:
+    g = [110, 70, 69, 54, 53, 180, 181, 250, 251, None]
+    t = _last([None] * len(g), [None] * len(g), g)
+    assert ev.cgm_level(t).tolist() == [0, 0, 1, 1, 2, 0, 1, 1, 2, 0]
+    both = _last([70.0, 135.0, None], [16.0, 26.0, None], [110.0, None, 50.0])
+    assert ev.clinical_score(both).tolist() == [0.0, 6.0, 6.0]
+
+
+def test_auroc_matches_the_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.3).astype(float)
+    s = np.round(rng.random(200), 1)  # ties count one half
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert ev.auroc(y, s) == pytest.approx(pairwise)
+
+
+def test_auprc_by_hand_and_for_a_constant_score() -> None:
+    y = np.array([1, 0, 1, 0.0])
+    s = np.array([0.9, 0.8, 0.7, 0.1])
+    assert ev.auprc(y, s) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert ev.auprc(y, np.zeros(4)) == pytest.approx(0.5)  # a rule that never varies earns the prevalence
+
+
+def test_isotonic_calibration_is_monotone_and_fixes_an_overconfident_score() -> None:
+    rng = np.random.default_rng(1)
+    true_p = rng.random(5000) * 0.4
+    y = (rng.random(5000) < true_p).astype(float)
+    overconfident = np.sqrt(true_p)  # ranks right, probabilities too high
+    knots = ev.fit_isotonic(overconfident, y)
+    assert np.all(np.diff(knots["y"]) >= 0) and np.all(np.diff(knots["x"]) > 0)
+    calibrated = np.interp(overconfident, knots["x"], knots["y"])
+    assert ev.ece(y, overconfident) > 0.15
+    assert ev.ece(y, calibrated) < 0.03
+    assert ev.auroc(y, calibrated) == pytest.approx(ev.auroc(y, overconfident), abs=0.01)
+
+
+def test_ece_of_a_perfectly_calibrated_bin_is_zero() -> None:
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0.0])
+    p = np.array([0.25] * 4 + [0.75] * 4)
+    assert ev.ece(y, p) == pytest.approx(0.0)
+    assert ev.ece(y, np.full(8, 0.9)) == pytest.approx(0.4)
+
+
+def test_logistic_regression_finds_the_informative_feature() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2000, 3))
+    y = (rng.random(2000) < 1 / (1 + np.exp(-(2 * x[:, 1] - 1)))).astype(float)
+    w = ev.fit_logistic(x, y)
+    assert w[2] == pytest.approx(2.0, abs=0.3) and abs(w[1]) < 0.2 and abs(w[3]) < 0.2
+    assert ev.auroc(y, ev.predict_logistic(w, x)) > 0.8
+
+
+def test_alerts_are_suppressed_for_one_horizon_and_scored_against_onsets() -> None:
+    # one patient, a window every 5 min for 4 h; an event at 120 min and one at 200 min
+    t = np.arange(0, 240, 5) * MIN
+    patient = np.array(["A"] * len(t))
+    fire = np.isin(t // MIN, [60, 65, 70, 100, 130, 190])
+    a = ev.alerts(patient, t, fire, 60 * MIN)
+    assert (t[a] // MIN).tolist() == [60, 130, 190]  # 65, 70 and 100 fall within an hour of the alert at 60
+    r = ev.alert_stats(patient, t, fire, np.array(["A", "A"]), np.array([120, 200]) * MIN, 60 * MIN, patient_days=1.0)
+    assert (r.alerts, r.events, r.detected) == (3, 2, 2)
+    assert r.sensitivity == 1.0 and r.ppv == pytest.approx(2 / 3)  # the alert at 130 precedes no onset
+    assert r.median_lead_minutes == pytest.approx((60 + 10) / 2)  # 120 - 60 and 200 - 190
+    assert r.alerts_per_patient_day == 3.0
+
+
+def test_the_budget_picks_the_lowest_threshold_within_it() -> None:
+    t = np.tile(np.arange(0, 24 * 60, 5) * MIN, 2)
+    patient = np.repeat(["A", "B"], len(t) // 2)
+    rng = np.random.default_rng(3)
+    score = rng.random(len(t))
+    r = ev.at_budget(score, patient, t, np.array(["A"]), np.array([600 * MIN]), 60 * MIN, patient_days=2.0)
+    assert r.alerts_per_patient_day <= 1.0 and r.alerts == 2
+    next_lower = score[score < r.threshold].max()
+    assert len(ev.alerts(patient, t, score >= next_lower, 60 * MIN)) > 2  # any lower threshold: over budget
+
+
+def test_patient_bootstrap_interval_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(4)
+    patient = np.repeat(np.arange(40), 25)
+    y = (rng.random(1000) < 0.3).astype(float)
+    s = y + rng.normal(0, 1, 1000)
+    lo, hi = ev.bootstrap_ci(patient, lambda r: ev.auroc(y[r], s[r]), reps=100)
+    assert lo < ev.auroc(y, s) < hi and hi - lo < 0.15
