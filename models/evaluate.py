@@ -11,7 +11,7 @@ Baselines (all scored on the last window of each test sequence, i.e. what a clin
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,8 @@ class AlertResult:
     sensitivity: float
     ppv: float
     median_lead_minutes: float
+    leads_minutes: list[float] = field(default_factory=list)  # per detected event, for intervals
+    lead_patients: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -196,7 +198,8 @@ def alert_stats(
     a = alerts(patient, t_ms, fire, horizon_ms)
     a_p, a_t = patient[a], t_ms[a]
     followed = np.zeros(len(a), dtype=bool)
-    detected, leads, counted = 0, [], 0
+    detected, counted = 0, 0
+    leads, lead_patients = [], []
     for p, onset in zip(ev_patient.tolist(), ev_onset.tolist(), strict=True):
         in_span = (patient == p) & (t_ms < onset) & (t_ms >= onset - horizon_ms)
         if not in_span.any():
@@ -207,6 +210,7 @@ def alert_stats(
         if hit.any():
             detected += 1
             leads.append((onset - a_t[hit].min()) / MINUTE_MS)
+            lead_patients.append(p)
     return AlertResult(
         threshold=float(threshold),
         alerts=len(a),
@@ -216,6 +220,8 @@ def alert_stats(
         sensitivity=detected / counted if counted else float("nan"),
         ppv=float(followed.mean()) if len(a) else float("nan"),
         median_lead_minutes=float(np.median(leads)) if leads else float("nan"),
+        leads_minutes=[float(x) for x in leads],
+        lead_patients=[str(x) for x in lead_patients],
     )
 
 
@@ -279,12 +285,13 @@ def bootstrap_ci(
 # --- what could be foreseen ---------------------------------------------------------------------------------
 
 
-def precursor_leads(events: pa.Table, episodes: pa.Table, window_ms: int = 60 * MINUTE_MS) -> np.ndarray:
+def precursor_leads(events: pa.Table, episodes: pa.Table, window_ms: int = 180 * MINUTE_MS) -> np.ndarray:
     """Per ground-truth event, minutes between the start of its injected precursor and its onset by the
     thresholds (0 for an episode injected with no warning, or an event no episode caused, e.g. a burst of
     activity). The event is matched to the same patient's nearest episode of the same condition whose
-    injected onset lies within an hour after the threshold onset (a ramp crosses the threshold before
-    it reaches its target). No alert can lead an event by more than this on the signal it was given."""
+    injected onset lies within three hours after the threshold onset (a ramp crosses the threshold before
+    it reaches its target: glucose moving at 1 mg/dL/min from 250 to 380 takes over two hours). No alert
+    can lead an event by more than this on the signal it was given."""
     ev_p = np.asarray(events.column("patient_id").to_pylist(), dtype=object)
     ev_c = np.asarray(events.column("condition").to_pylist(), dtype=object)
     ev_t = events.column("onset").cast(pa.int64()).to_numpy()

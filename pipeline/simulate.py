@@ -109,17 +109,17 @@ def simulate(config: SimulationConfig) -> Simulation:
     )
 
     falls_t: list[np.ndarray] = [np.empty(0)] * n
+    stumbles_t: list[np.ndarray] = [np.empty(0)] * n
     episodes = _episodes(rng, profile, config.hours)
-    for p, cond, onset_s, lead_s, strength in episodes:
-        _apply_episode(rng, p, cond, onset_s, lead_s, strength, t_v, t_g, hr, rr, glucose, activity, falls_t)
+    precursor = [_apply_episode(rng, ep, t_v, t_g, hr, rr, glucose, activity, falls_t, stumbles_t) for ep in episodes]
     episode_table = pa.table(
         {
-            "patient_id": pa.array([ids[e[0]] for e in episodes], pa.string()),
-            "condition": pa.array([CONDITIONS[e[1]] for e in episodes], pa.string()),
-            "onset": pa.array([start + int(e[2] * 1000) for e in episodes], pa.int64()).cast(
+            "patient_id": pa.array([ids[e.patient] for e in episodes], pa.string()),
+            "condition": pa.array([CONDITIONS[e.condition] for e in episodes], pa.string()),
+            "onset": pa.array([start + int(e.onset_s * 1000) for e in episodes], pa.int64()).cast(
                 pa.timestamp("ms", tz="UTC")
             ),
-            "precursor_minutes": pa.array([e[3] * e[4] / 60 for e in episodes], pa.float64()),  # as _apply_episode
+            "precursor_minutes": pa.array(precursor, pa.float64()),
         }
     )
 
@@ -141,7 +141,7 @@ def simulate(config: SimulationConfig) -> Simulation:
             dropout=0.2,
             wears=(profile == 1) | (rng.random(n) < 0.6),
         ),
-        _fall_table(rng, ids, profile, start, config.hours, falls_t),
+        _fall_table(rng, ids, profile, start, config.hours, falls_t, stumbles_t),
     ]
     readings = pa.concat_tables(tables).sort_by([("event_time", "ascending"), ("patient_id", "ascending")])
     events = detect_events(readings)
@@ -181,35 +181,52 @@ def _meal_response(rng: np.random.Generator, n: int, t_g: np.ndarray, start: int
     return out
 
 
-def _episodes(
-    rng: np.random.Generator, profile: np.ndarray, hours: float
-) -> list[tuple[int, int, float, float, float]]:
+# Precursors (modelling assumptions; see the model card): a share of episodes comes with no warning;
+# glucose moves towards the episode's level at a CGM rate of change of 1-3 mg/dL/min (the "slowly" to
+# "rising/falling" trend-arrow bands); heart and respiration rate creep for 1-4 hours, slowly at first and
+# faster towards decompensation; activity falls and low-confidence stumbles appear 0.5-3 hours before a fall.
+NO_PRECURSOR_SHARE = 0.25
+GLUCOSE_RATE_MG_DL_MIN = (1.0, 3.0)
+CREEP_MINUTES = (60.0, 240.0)
+FALL_PRODROME_MINUTES = (30.0, 180.0)
+
+
+class Episode(NamedTuple):
+    patient: int
+    condition: int
+    onset_s: float  # when the injected trajectory reaches its episode level (the threshold is crossed earlier)
+    strength: float  # 0 = no precursor; else (0.3, 1]: how early and clearly the precursor shows
+
+
+def _episodes(rng: np.random.Generator, profile: np.ndarray, hours: float) -> list[Episode]:
     out = []
     rates = EPISODE_RATE[profile] * hours
     counts = rng.poisson(rates)
     for p, c in zip(*np.nonzero(counts), strict=True):
         for _ in range(counts[p, c]):
             onset = rng.uniform(0.15, 0.95) * hours * 3600
-            lead = rng.uniform(15, 60) * 60
-            strength = 0.0 if rng.random() < 0.25 else rng.uniform(0.3, 1.0)
-            out.append((int(p), int(c), onset, lead, strength))
+            strength = 0.0 if rng.random() < NO_PRECURSOR_SHARE else rng.uniform(0.3, 1.0)
+            out.append(Episode(int(p), int(c), onset, strength))
     return out
 
 
-def _ramp(t: np.ndarray, onset: float, lead: float, duration: float) -> np.ndarray:
-    """0 before onset-lead, rising to 1 at onset, 1 for `duration`, then back to 0 over 10 minutes."""
-    up = np.clip((t - (onset - lead)) / max(lead, 1.0), 0, 1)
+def _ramp(t: np.ndarray, onset: float, lead: float, duration: float, power: float = 1.0) -> np.ndarray:
+    """0 before onset-lead, rising to 1 at onset (as a power curve: > 1 is slow at first, faster towards
+    onset), 1 for `duration`, then back to 0 over 10 minutes."""
+    up = np.clip((t - (onset - lead)) / max(lead, 1.0), 0, 1) ** power
     down = np.clip(1 - (t - (onset + duration)) / 600.0, 0, 1)
     return np.minimum(up, down)
 
 
+def _visible_minutes(lead_s: float, power: float) -> float:
+    """Minutes from when a precursor has covered a tenth of its excursion to the episode onset: before that
+    it is lost in the noise, so this, not the ramp's full length, is the warning the signal gives."""
+    return lead_s * (1 - 0.1 ** (1 / power)) / 60
+
+
 def _apply_episode(
     rng: np.random.Generator,
-    p: int,
-    cond: int,
-    onset: float,
-    lead: float,
-    strength: float,
+    ep: Episode,
     t_v: np.ndarray,
     t_g: np.ndarray,
     hr: np.ndarray,
@@ -217,33 +234,62 @@ def _apply_episode(
     glucose: np.ndarray,
     activity: np.ndarray,
     falls_t: list[np.ndarray],
-) -> None:
+    stumbles_t: list[np.ndarray],
+) -> float:
+    """Inject one episode into the patient's trajectories; returns its precursor length in minutes (0 for
+    none), as `_visible_minutes` counts it."""
+    p, onset, strength = ep.patient, ep.onset_s, ep.strength
     duration = rng.uniform(15, 40) * 60
-    # Precursor strength shapes how early the trend shows; strength 0 = a sudden event with no warning.
-    lead_eff = lead * strength if strength > 0 else 60.0
-    name = CONDITIONS[cond]
+    warned = strength > 0
+    # Weaker precursors stay flat longer and steepen late (a higher power); no precursor = a 1-minute jump.
+    power = 1.0 + 2.0 * (1.0 - strength) / 0.7 if warned else 1.0
+    name = CONDITIONS[ep.condition]
     if name in ("hypoglycaemia", "hyperglycaemia"):
         target = rng.uniform(38, 55) if name == "hypoglycaemia" else rng.uniform(270, 380)
-        shape = _ramp(t_g, onset, lead_eff, duration)
+        rate = rng.uniform(*GLUCOSE_RATE_MG_DL_MIN) * 60 / 3600  # mg/dL per second
+        at = np.interp(onset, t_g, glucose[p])
+        lead = 60.0
+        if warned:
+            lead = abs(at - target) / rate
+            lead = float(np.clip(abs(np.interp(onset - lead, t_g, glucose[p]) - target) / rate, 600, 3 * 3600))
+        shape = _ramp(t_g, onset, lead, duration)
         glucose[p] = glucose[p] + (target - glucose[p]) * shape
-        if name == "hypoglycaemia":
-            hr[p] += 12 * _ramp(t_v, onset, lead_eff, duration) * (strength > 0)  # adrenergic response
-    elif name == "cardiac":
-        high = rng.random() < 0.8
-        target = rng.uniform(136, 160) if high else rng.uniform(32, 38)
-        shape = _ramp(t_v, onset, lead_eff, duration)
-        hr[p] = hr[p] + (target - hr[p]) * shape
-        rr[p] += 4 * shape * high
-    elif name == "respiratory":
-        high = rng.random() < 0.85
-        target = rng.uniform(27, 34) if high else rng.uniform(5, 7)
-        shape = _ramp(t_v, onset, lead_eff, duration)
-        rr[p] = rr[p] + (target - rr[p]) * shape
-        hr[p] += 15 * shape * high
-    else:  # fall: reduced activity and unsteadiness before; the fall itself is an event message
-        pre = _ramp(t_v, onset, lead_eff, 0) * (strength > 0)
-        hr[p] -= 0.6 * activity[p] * pre
-        falls_t[p] = np.append(falls_t[p], onset)
+        if name == "hypoglycaemia" and warned:
+            hr[p] += 12 * _ramp(t_v, onset, lead, duration) ** 2  # adrenergic response, late in the fall
+        return _visible_minutes(lead, 1.0) if warned else 0.0
+    if name in ("cardiac", "respiratory"):
+        high = rng.random() < (0.8 if name == "cardiac" else 0.85)
+        if name == "cardiac":
+            target = rng.uniform(136, 160) if high else rng.uniform(32, 38)
+            level = rng.uniform(100, 125) if high else rng.uniform(45, 55)
+        else:
+            target = rng.uniform(27, 34) if high else rng.uniform(5, 7)
+            level = rng.uniform(20, 24) if high else rng.uniform(9, 11)
+        # Decompensation: a 2-15 minute final ramp across the threshold to the episode level, preceded (when
+        # warned) by a creep over 1-4 hours towards an abnormal level short of the NEWS2 red thresholds.
+        final_s = rng.uniform(2, 15) * 60 if warned else 60.0
+        final = _ramp(t_v, onset, final_s, duration)
+        creep = np.zeros_like(final)
+        creep_s = 0.0
+        if warned:
+            creep_s = rng.uniform(*CREEP_MINUTES) * 60
+            creep = (0.4 + 0.6 * strength) * _ramp(t_v, onset - final_s, creep_s, duration + final_s, power)
+        vital, other, coupling = (hr, rr, 4.0) if name == "cardiac" else (rr, hr, 15.0)
+        vital[p] = vital[p] + (level - vital[p]) * creep
+        vital[p] = vital[p] + (target - vital[p]) * final
+        other[p] += coupling * high * np.maximum(0.5 * creep, final)
+        return _visible_minutes(creep_s, power) + final_s / 60 if warned else 0.0
+    # fall: less activity and unsteadiness (stumbles a detector reports with low confidence) before it
+    falls_t[p] = np.append(falls_t[p], onset)
+    if not warned:
+        return 0.0
+    lead = rng.uniform(*FALL_PRODROME_MINUTES) * 60
+    pre = _ramp(t_v, onset, lead, 0, power)
+    hr[p] -= 0.6 * activity[p] * pre
+    rr[p] -= 0.6 * 0.12 * activity[p] * pre
+    stumbles = rng.poisson(3.0 * strength * lead / 3600)
+    stumbles_t[p] = np.append(stumbles_t[p], onset - lead * rng.random(stumbles) ** (1 / (power + 1)))
+    return _visible_minutes(lead, power)
 
 
 def _stream_table(
@@ -281,7 +327,13 @@ def _stream_table(
 
 
 def _fall_table(
-    rng: np.random.Generator, ids: np.ndarray, profile: np.ndarray, start: int, hours: float, falls_t: list[np.ndarray]
+    rng: np.random.Generator,
+    ids: np.ndarray,
+    profile: np.ndarray,
+    start: int,
+    hours: float,
+    falls_t: list[np.ndarray],
+    stumbles_t: list[np.ndarray],
 ) -> pa.Table:
     pid: list[int] = []
     t: list[float] = []
@@ -291,6 +343,12 @@ def _fall_table(
             pid.append(p)
             t.append(x)
             conf.append(rng.uniform(0.75, 0.99))
+    # Stumbles before a fall: detections below the fall threshold, like the false alarms below.
+    for p, times in enumerate(stumbles_t):
+        for x in times[(times >= 0) & (times < hours * 3600)]:
+            pid.append(p)
+            t.append(x)
+            conf.append(rng.uniform(0.3, 0.65))
     # False alarms, mostly from frail patients: low-confidence detections.
     false_rate = np.where(profile == 3, 0.15, 0.02) * hours
     for q in np.flatnonzero(rng.poisson(false_rate)):
