@@ -311,6 +311,8 @@ def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: TrainConfig) -> di
     alerting["news2_red"] = ev.alert_stats(
         patient, t_end, red, ev_patient, ev_onset, h_ms, test.patient_days, 1.0
     ).as_dict()
+    for a in alerting.values():
+        a["median_lead_ci"] = _median_lead_ci(a.pop("leads_minutes"), a.pop("lead_patients"), cfg.bootstrap, cfg.seed)
     y_any = test.y[:, HEADS.index("any")]
     metrics: dict[str, Any] = {
         "test_windows": len(test.y),
@@ -347,8 +349,13 @@ def foreseeable(
     counted = np.array(
         [((patient == p) & (t_end < o) & (t_end >= o - h_ms)).any() for p, o in zip(who, onset, strict=True)]
     )
-    lead = np.minimum(test.events.column("precursor_minutes").to_numpy()[counted], h_ms / ev.MINUTE_MS)
+    uncapped = test.events.column("precursor_minutes").to_numpy()[counted]
+    lead = np.minimum(uncapped, h_ms / ev.MINUTE_MS)
+    present = uncapped[uncapped > 0]
     return {
+        "precursor_minutes_quartiles_when_present": (
+            [float(q) for q in np.percentile(present, [25, 50, 75])] if len(present) else []
+        ),
         "events": int(counted.sum()),
         "no_precursor": int((lead == 0).sum()),
         "median_precursor_minutes": float(np.median(lead)) if len(lead) else float("nan"),
@@ -356,6 +363,15 @@ def foreseeable(
         "share_with_precursor_over_20_minutes": float((lead >= 20).mean()) if len(lead) else float("nan"),
         "model_detected": model["detected"],
     }
+
+
+def _median_lead_ci(leads: list[float], patients: list[str], reps: int, seed: int) -> list[float]:
+    """Interval of the median lead time over resamples of the patients whose events were detected (the
+    threshold stays as chosen on the whole test set)."""
+    if not leads:
+        return [float("nan"), float("nan")]
+    lead = np.asarray(leads)
+    return list(ev.bootstrap_ci(np.asarray(patients), lambda r: float(np.median(lead[r])), reps, seed))
 
 
 def _auroc_gain(y: np.ndarray, model: np.ndarray, baseline: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -464,6 +480,11 @@ def _ci(r: dict[str, Any], key: str) -> str:
     return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _lead(a: dict[str, Any]) -> str:
+    lo, hi = a.get("median_lead_ci", [float("nan"), float("nan")])
+    return f"{a['median_lead_minutes']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
 def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = None) -> None:
     m, t = ckpt.metrics, ckpt.training
     d, c = t["data"], t["config"]
@@ -531,16 +552,17 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         "An alert is a window whose score reaches the threshold, at most one per patient per horizon (repeats "
         "suppressed). Sensitivity: events with an alert in the hour before onset, among events with a scored "
         "window in that hour; PPV: alerts followed by an onset within the hour; lead time: onset minus the first "
-        "such alert. The NEWS2 red rule is a fixed rule, shown at its own alert rate.",
+        "such alert (its interval: patients with a detected event resampled, threshold fixed). The NEWS2 red rule "
+        "is a fixed rule, shown at its own alert rate.",
         "",
-        "| scorer | threshold | alerts / patient-day | sensitivity | PPV | median lead (min) | events detected |",
+        "| scorer | threshold | alerts / patient-day | sensitivity | PPV | median lead, min [95 % CI] | events |",
         "|---|---|---|---|---|---|---|",
     ]
     label = {"model": "model", **BASELINES, "news2_red": "NEWS2 red rule (HR <= 40 or >= 131, RR <= 8 or >= 25)"}
     for name, a in m["alerts"].items():
         lines.append(
             f"| {label[name]} | {a['threshold']:.3g} | {a['alerts_per_patient_day']:.2f} | {a['sensitivity']:.3f} | "
-            f"{a['ppv']:.3f} | {a['median_lead_minutes']:.0f} | {a['detected']} / {a['events']} |"
+            f"{a['ppv']:.3f} | {_lead(a)} | {a['detected']} / {a['events']} |"
         )
     cal = m["calibration"]
     lines += [
@@ -568,11 +590,27 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         lines += [
             "## What the signal allows",
             "",
+            "Precursors in the simulator (`pipeline/simulate.py`): glucose moves towards the episode level at "
+            "1-3 mg/dL/min (the rate bands of CGM trend arrows, Dexcom user's manual); heart and respiration "
+            "rate creep for 1-4 hours towards an abnormal level short of the NEWS2 red thresholds, then cross "
+            "them in a 2-15 minute decompensation (abnormal vital signs 1-4 h before most in-hospital cardiac "
+            "arrests, severely abnormal ones before few: Andersen et al., Resuscitation 2016); activity falls and "
+            "low-confidence stumbles appear 0.5-3 hours before a fall. The fall prodrome's length, the creep's "
+            "shape and the 25 % share with no precursor are modelling assumptions, not measured figures.",
+            "",
             f"Of the {pre['events']} test events the alert figures count, {pre['no_precursor']} had no precursor in "
             "the simulation (injected with no warning, or caused by no injected episode); the median time from "
-            f"the start of an event's precursor to its threshold onset is {pre['median_precursor_minutes']:.1f} "
+            "the start of an event's precursor (when it has covered a tenth of its excursion: before that it is "
+            f"lost in the noise) to its threshold onset is {pre['median_precursor_minutes']:.1f} "
             f"min over all of them ({pre['median_precursor_minutes_when_present']:.1f} min where there is one), "
-            f"and {100 * pre['share_with_precursor_over_20_minutes']:.0f} % give 20 min or more. An alert that fired "
+            f"and {100 * pre['share_with_precursor_over_20_minutes']:.0f} % give 20 min or more"
+            + (
+                " (uncapped, where there is one: quartiles {:.0f} / {:.0f} / {:.0f} min; the figures above are capped "
+                "at the horizon).".format(*pre["precursor_minutes_quartiles_when_present"])
+                if pre.get("precursor_minutes_quartiles_when_present")
+                else "."
+            )
+            + " An alert that fired "
             "the moment each precursor began would have that median lead time; the model's comes from the events "
             f"it detects ({pre['model_detected']}).",
             "",

@@ -181,10 +181,11 @@ def _meal_response(rng: np.random.Generator, n: int, t_g: np.ndarray, start: int
     return out
 
 
-# Precursors (modelling assumptions; see the model card): a share of episodes comes with no warning;
-# glucose moves towards the episode's level at a CGM rate of change of 1-3 mg/dL/min (the "slowly" to
-# "rising/falling" trend-arrow bands); heart and respiration rate creep for 1-4 hours, slowly at first and
-# faster towards decompensation; activity falls and low-confidence stumbles appear 0.5-3 hours before a fall.
+# Precursors: a share of episodes comes with no warning; glucose moves towards the episode's level at a CGM
+# rate of change of 1-3 mg/dL/min (the trend-arrow bands of CGM manuals); heart and respiration rate creep
+# for 1-4 hours before a decompensation of minutes (abnormal vitals 1-4 h before most in-hospital cardiac
+# arrests: Andersen et al., Resuscitation 2016); activity falls and low-confidence stumbles appear 0.5-3 hours
+# before a fall (an assumption, like the creep's shape and the no-warning share). See the model card.
 NO_PRECURSOR_SHARE = 0.25
 GLUCOSE_RATE_MG_DL_MIN = (1.0, 3.0)
 CREEP_MINUTES = (60.0, 240.0)
