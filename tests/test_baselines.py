@@ -97,6 +97,31 @@ def test_alerts_are_suppressed_for_one_horizon_and_scored_against_onsets() -> No
     assert r.sensitivity == 1.0 and r.ppv == pytest.approx(2 / 3)  # the alert at 130 precedes no onset
     assert r.median_lead_minutes == pytest.approx((60 + 10) / 2)  # 120 - 60 and 200 - 190
     assert r.alerts_per_patient_day == 3.0
+    assert r.leads_minutes == [60.0, 10.0] and r.lead_patients == ["A", "A"]  # per detected event, for intervals
+
+
+def test_lead_time_never_exceeds_the_horizon() -> None:
+    # an alert 90 min before onset is outside the hour: it neither detects the event nor gives its lead
+    t = np.arange(0, 240, 5) * MIN
+    patient = np.array(["A"] * len(t))
+    fire = np.isin(t // MIN, [30, 100])
+    r = ev.alert_stats(patient, t, fire, np.array(["A"]), np.array([120]) * MIN, 60 * MIN, patient_days=1.0)
+    assert r.detected == 1 and r.median_lead_minutes == 20.0 and r.ppv == 0.5
+
+
+def test_a_slow_glucose_ramp_is_matched_to_its_episode() -> None:
+    # glucose crossing 250 at 1 mg/dL/min reaches 380 over two hours later: still the same episode
+    ts = pa.timestamp("ms", tz="UTC")
+    events = pa.table({"patient_id": ["A"], "condition": ["hyperglycaemia"], "onset": pa.array([0], ts)})
+    episodes = pa.table(
+        {
+            "patient_id": ["A"],
+            "condition": ["hyperglycaemia"],
+            "onset": pa.array([130 * MIN], ts),
+            "precursor_minutes": [180.0],
+        }
+    )
+    assert ev.precursor_leads(events, episodes).tolist() == [50.0]  # 180 - 130 min before the threshold onset
 
 
 def test_the_budget_picks_the_lowest_threshold_within_it() -> None:
