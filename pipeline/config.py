@@ -44,6 +44,12 @@ class Settings:
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
+    # issue 4: robustness
+    dlq_topic: str = ""  # dead-letter topic for every quarantined message; "" means <topic_prefix>dlq
+    broker_outage_timeout_s: float = 120.0  # how long a run waits for a broker that stopped answering
+    assignment_timeout_s: float = 30.0  # how long to wait for the consumer group to assign partitions
+    instance: str = ""  # scale-out: "i/n" reads partitions p with p % n == i (n processes, same group)
+    pseudonymise: bool = False  # patient and device ids as HMAC-SHA256 pseudonyms (key: VITALSTREAM_PSEUDONYM_KEY)
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -55,7 +61,28 @@ class Settings:
             partitions=self.partitions,
             connect_timeout_s=self.connect_timeout_s,
             security=dict(self.kafka_security),
+            dlq_topic=self.dlq_topic,
+            instance=self.instance_index(),
+            assignment_timeout_s=self.assignment_timeout_s,
         )
+
+    def instance_index(self) -> tuple[int, int] | None:
+        """`instance` "i/n" as (i, n); None when unset (one process, partitions assigned by the group)."""
+        if not self.instance:
+            return None
+        i, _, n = self.instance.partition("/")
+        try:
+            index, count = int(i), int(n)
+        except ValueError:
+            raise ConfigError(f"instance={self.instance!r}: expected i/n, e.g. 0/2 and 1/2 for two processes") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"instance={self.instance!r}: need 0 <= i < n")
+        return index, count
+
+    def state_name(self) -> str:
+        """Names the state checkpoint and the lake's files: one per group, and per instance when scaled out."""
+        ix = self.instance_index()
+        return self.group if ix is None else f"{self.group}.{ix[0]}of{ix[1]}"
 
     def window(self) -> WindowConfig:
         return WindowConfig(
@@ -117,6 +144,8 @@ def _coerce(s: Settings) -> Settings:
                 out[f.name] = int(v)
             elif kind.startswith("float"):
                 out[f.name] = float(v)
+            elif kind.startswith("bool"):
+                out[f.name] = _bool(v)
             else:
                 out[f.name] = str(v)
         except (TypeError, ValueError) as exc:
@@ -126,4 +155,16 @@ def _coerce(s: Settings) -> Settings:
         raise ConfigError("partitions must be >= 1, window_minutes > 0, allowed_lateness_minutes >= 0")
     if not 0 < settings.risk_medium < settings.risk_high < 1:
         raise ConfigError("risk thresholds must satisfy 0 < risk_medium < risk_high < 1")
+    settings.instance_index()  # validates "i/n"
     return settings
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(v)
