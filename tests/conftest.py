@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     ckpt.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_session() -> Iterator[None]:
+    """One Prefect test server for the session's robustness tests (issue 4); starting one costs ~9 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
 
 
 def lake_rows(lake: Path) -> dict[str, list[tuple]]:
