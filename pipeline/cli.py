@@ -223,8 +223,17 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
     build_scorer(settings)
     check_reachable(settings.kafka(bootstrap))
 
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_drop_expected_tracebacks)
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     return result
+
+
+def _drop_expected_tracebacks(record: logging.LogRecord) -> bool:
+    """Prefect logs a failed run's exception with its traceback; for an expected failure (broker, lake) the
+    CLI's one line says it all."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, VitalStreamError)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

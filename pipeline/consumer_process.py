@@ -21,6 +21,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -88,12 +89,20 @@ class ConsumerProcess:
         assert self._control is not None and self._data is not None
         with contextlib.suppress(BrokenPipeError, OSError):
             self._control.send(("stop", None))
+        # A child stuck on a broker that does not answer (its last commit, leaving the group) is not waited
+        # for long: commits are a convenience, the state checkpoint is what a restart resumes from.
+        deadline = time.monotonic() + 5.0
         while self._proc.poll() is None:
+            if time.monotonic() > deadline:
+                self._proc.kill()
+                self._proc.wait()
+                break
             try:
                 if self._data.poll(0.05):
                     self._data.recv()  # unblock a send in progress; the batch is dropped, not committed
             except (EOFError, OSError):
-                self._proc.wait(timeout=10)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         self._data.close()
         self._control.close()
         self._proc = None
@@ -146,7 +155,8 @@ def _child_main(data: Connection, control: Connection) -> None:
         _send_error(data, BrokerUnavailable(f"consumer process failed: {exc!r}\n{traceback.format_exc()}"))
     finally:
         if consumer is not None:
-            consumer.close()
+            with contextlib.suppress(Exception):  # the broker may be gone: leave without a fuss
+                consumer.close()
 
 
 def _send_error(data: Connection, exc: Exception) -> None:

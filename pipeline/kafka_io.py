@@ -182,7 +182,7 @@ class DeadLetters:
     def close(self) -> None:
         if self._producer is not None:
             with contextlib.suppress(KafkaError, OSError):
-                self._producer.close(timeout=5)
+                self._producer.close(timeout=2)
             self._producer = None
 
 
@@ -228,6 +228,7 @@ class StreamConsumer:
             raise _unreachable(settings, exc) from exc
         # Next offset to read per partition: the checkpoint's at start, then past every message handed out.
         self._seek_to: dict[TopicPartition, int] = {}
+        self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
         if settings.instance is None:
             self.consumer.subscribe(settings.topics(), listener=_SeekOnAssign(self))
 
@@ -328,6 +329,12 @@ class StreamConsumer:
         out = set()
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
+            if high is not None:
+                self._high[tp] = max(high, self._high.get(tp, 0))
+            else:
+                # A rebalance (after an outage) forgets the high-water marks; the last one seen is still a
+                # lower bound, and better than end_offsets(), which the embedded broker under-reports.
+                high = self._high.get(tp)
             if high is None:
                 # No fetch response yet for this partition: it may simply be empty. Ask the broker; if it
                 # does not answer, the partition may hold unread messages, so it keeps holding.
@@ -362,7 +369,7 @@ class StreamConsumer:
             return False
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=3000)  # bounded: leaving a paused broker's group
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
