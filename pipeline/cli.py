@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     r.add_argument("--lake", type=Path, help="output directory (default ./lake)")
     r.add_argument("--group", help="consumer group (default vitalstream-scoring)")
+    r.add_argument("--instance", help="scale-out: i/n, this process reads partitions p with p %% n == i")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument(
         "--until-idle",
@@ -205,7 +206,7 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group)
+    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group, instance=args.instance)
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
     summary = _run_flow(settings, settings.bootstrap, args.mode)
