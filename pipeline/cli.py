@@ -220,6 +220,10 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
     from pipeline.sink import ensure_writable
 
     # Expected failures surface here, as one line, before Prefect starts a run.
+    if settings.pseudonymise:
+        from pipeline.privacy import key_from_env
+
+        key_from_env()
     ensure_writable(settings.lake)
     build_scorer(settings)
     check_reachable(settings.kafka(bootstrap))

@@ -36,7 +36,7 @@ _DATE_COLUMN = {"risk_scores": "window_start", "windows": "window_start", "quara
 
 def ensure_writable(lake: Path) -> None:
     try:
-        lake.mkdir(parents=True, exist_ok=True)
+        lake.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         probe = lake / f".probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -42,7 +42,7 @@ def produced(broker: EmbeddedBroker) -> int:
     prod = producer(kafka)
     # No out-of-order or very late data: which readings are late depends on batch boundaries (as in the
     # crash test), and an outage moves them.
-    cfg = SimulationConfig(patients=24, hours=0.5, seed=5, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
+    cfg = SimulationConfig(patients=12, hours=0.5, seed=5, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
     sim = simulate(cfg)
     n = sum(produce(prod, kafka, chunk) for chunk in encode(sim))
     prod.close()
@@ -60,7 +60,7 @@ def clean_lake(broker: EmbeddedBroker, produced: int, prefect_session: None, tmp
 
 
 def settings(lake: Path, group: str, **kw: float) -> Settings:
-    return Settings(topic_prefix=PREFIX, lake=lake, group=group, max_batch_records=3000, **kw)  # type: ignore[arg-type]
+    return Settings(topic_prefix=PREFIX, lake=lake, group=group, max_batch_records=1500, **kw)  # type: ignore[arg-type]
 
 
 def checkpointed(lake: Path, group: str) -> dict:
@@ -126,7 +126,7 @@ def test_a_broker_away_too_long_stops_the_run_in_one_line_and_a_restart_loses_no
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),  # the session's test server: no server start per run
         "VITALSTREAM_TOPIC_PREFIX": PREFIX,
-        "VITALSTREAM_MAX_BATCH_RECORDS": "3000",
+        "VITALSTREAM_MAX_BATCH_RECORDS": "1500",
         "VITALSTREAM_BROKER_OUTAGE_TIMEOUT_S": "3",
     }
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", broker.bootstrap, "--lake", str(tmp_path)]

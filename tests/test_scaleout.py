@@ -37,7 +37,7 @@ def test_two_instances_give_the_union_of_one_process_and_split_the_patients(
     kafka = KafkaSettings(broker.bootstrap, topic_prefix=PREFIX, partitions=4)
     ensure_topics(kafka)
     prod = producer(kafka)
-    cfg = SimulationConfig(patients=16, hours=0.5, seed=9, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
+    cfg = SimulationConfig(patients=8, hours=0.5, seed=9, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
     produced = sum(produce(prod, kafka, chunk) for chunk in encode(simulate(cfg)))
     prod.close()
 
