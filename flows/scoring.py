@@ -100,12 +100,15 @@ class Outage:
         now = time.monotonic()
         if self.since is None:
             self.since = now
-            self.logger.warning("Kafka broker %s is not answering; retrying for up to %.0f s", self.bootstrap, self.limit_s)
+            self.logger.warning(
+                "Kafka broker %s is not answering; retrying for up to %.0f s", self.bootstrap, self.limit_s
+            )
         waited = now - self.since
         if waited > self.limit_s:
             raise BrokerUnavailable(
                 f"Kafka broker {self.bootstrap} has not answered for {waited:.0f} s "
-                f"(broker_outage_timeout_s={self.limit_s:.0f}); nothing was lost: rerun to resume from the last checkpoint"
+                f"(broker_outage_timeout_s={self.limit_s:.0f}); nothing was lost: "
+                "rerun to resume from the last checkpoint"
             )
         self.tries += 1
         time.sleep(min(0.25 * 2**self.tries, 5.0, max(0.0, self.limit_s - waited) + 0.1))

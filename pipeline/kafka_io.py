@@ -270,7 +270,9 @@ class StreamConsumer:
                 time.sleep(0.2)
             counts[topic] = len(parts)
         if len(set(counts.values())) != 1:
-            raise BrokerUnavailable(f"topics are not co-partitioned (partition counts {counts}); cannot split by patient")
+            raise BrokerUnavailable(
+                f"topics are not co-partitioned (partition counts {counts}); cannot split by patient"
+            )
         mine = [TopicPartition(t, p) for t, c in counts.items() for p in range(c) if p % n == i]
         self.consumer.assign(mine)
         self._apply_seeks(mine)

@@ -31,6 +31,8 @@ def restrict_permissions() -> None:
     """Files and directories this process creates get no permissions for others (umask 027): this covers
     every writer, including intermediate directories that mkdir(parents=True) creates with the umask."""
     os.umask(os.umask(0o027) | 0o027)
+
+
 _DATE_COLUMN = {"risk_scores": "window_start", "windows": "window_start", "quarantine": "kafka_timestamp"}
 
 

@@ -80,8 +80,20 @@ CASES: list[tuple[str, bytes | None, bytes | None, int, str]] = [
     ("out of range", b"P1", good(HR, "P1", T0, 900.0), T0, "heart_rate_out_of_range"),
     ("far future", b"P1", good(HR, "P1", T0 + 400 * 86_400_000), T0, "timestamp_out_of_bounds"),
     ("far past", b"P1", good(HR, "P1", T0 - 40 * 86_400_000), T0, "timestamp_out_of_bounds"),
-    ("year 1", b"P1", good(HR, "P1", T0).replace(b'"ts": %d' % T0, b'"ts": "0001-01-01T00:00:00Z"'), T0, "timestamp_out_of_bounds"),
-    ("no timezone", b"P1", good(HR, "P1", T0).replace(b'"ts": %d' % T0, b'"ts": "2026-11-22T00:00:00"'), T0, "bad_timestamp"),
+    (
+        "year 1",
+        b"P1",
+        good(HR, "P1", T0).replace(b'"ts": %d' % T0, b'"ts": "0001-01-01T00:00:00Z"'),
+        T0,
+        "timestamp_out_of_bounds",
+    ),
+    (
+        "no timezone",
+        b"P1",
+        good(HR, "P1", T0).replace(b'"ts": %d' % T0, b'"ts": "2026-11-22T00:00:00"'),
+        T0,
+        "bad_timestamp",
+    ),
     ("unknown patient", b"P 1;", good(HR, "P 1;", T0), T0, "unknown_patient"),
     ("missing key", None, good(HR, "P1", T0), T0, "missing_key"),
     ("key disagrees", b"P2", good(HR, "P1", T0), T0, "key_mismatch"),
@@ -111,7 +123,9 @@ def test_each_hostile_message_is_quarantined_with_its_reason_and_the_rest_is_sco
     assert out.counts.windowed == len(values) - 1 and out.counts.windows == 2  # P9 is scored regardless
 
 
-def test_duplicates_and_a_burst_of_out_of_order_data_are_counted_not_lost(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_duplicates_and_a_burst_of_out_of_order_data_are_counted_not_lost(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     e = engine(tmp_path, tiny_checkpoint)
     minutes = list(range(0, 30))
     values = [good(HR, "P1", T0 + m * MIN) for m in minutes]
@@ -142,7 +156,9 @@ def test_arrow_routing_of_the_id_rules_matches_great_expectations() -> None:
     regex = {"column": "patient_id", "regex": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"}
     mine = set(np.flatnonzero(unexpected_mask(table, "expect_column_values_to_match_regex", regex)).tolist())
     assert mine == ge["expect_column_values_to_match_regex:patient_id"] == {1, 3, 4, 5}
-    mine = set(np.flatnonzero(unexpected_mask(table, "expect_column_values_to_not_be_null", {"column": "key"})).tolist())
+    mine = set(
+        np.flatnonzero(unexpected_mask(table, "expect_column_values_to_not_be_null", {"column": "key"})).tolist()
+    )
     assert mine == ge["expect_column_values_to_not_be_null:key"] == {0, 3, 6}
 
 
@@ -156,7 +172,11 @@ json_scalar = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=80),
 )
-json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -218,7 +238,9 @@ def test_fuzzed_batches_never_crash_the_engine_and_the_accounting_holds(
         for i, raws in enumerate([*micro_batches, []]):
             out = e.process(raws, drain=i == len(micro_batches))  # the last, empty batch closes everything
             c = out.counts
-            assert c.consumed == c.windowed + c.duplicates + c.quarantined_total + out.pending_after - out.pending_before
+            assert (
+                c.consumed == c.windowed + c.duplicates + c.quarantined_total + out.pending_after - out.pending_before
+            )
             assert len(out.quarantine) == len(out.dead_letters) == c.quarantined_total
             assert set(c.quarantined) <= KNOWN_REASONS
             assert len(out.risk_scores) == len(out.windows)
@@ -260,9 +282,9 @@ def read(path: Path) -> pa.Table:
 def test_fuzzed_messages_through_the_broker_and_flow_reach_the_lake_or_the_dead_letter_topic(
     broker: Any, prefect_session: None, msgs: list[tuple[str, st.DataObject]]
 ) -> None:
-    from flows.scoring import scoring_flow
     from kafka import KafkaConsumer
 
+    from flows.scoring import scoring_flow
     from pipeline.config import Settings
     from pipeline.kafka_io import KafkaSettings, ensure_topics, producer
 
@@ -275,7 +297,14 @@ def test_fuzzed_messages_through_the_broker_and_flow_reach_the_lake_or_the_dead_
     for i, (stream, data) in enumerate(msgs):
         key, value, ts = data.draw(message(stream))
         headers = [("trace-id", b"%d" % i)] if i % 3 == 0 else []  # the dead letter must carry them
-        futures.append((prod.send(kafka.topic(stream), key=key, value=value, timestamp_ms=ts, headers=headers), key, value, headers))
+        futures.append(
+            (
+                prod.send(kafka.topic(stream), key=key, value=value, timestamp_ms=ts, headers=headers),
+                key,
+                value,
+                headers,
+            )
+        )
     prod.flush()
     prod.close()
     sent = {}
@@ -284,14 +313,19 @@ def test_fuzzed_messages_through_the_broker_and_flow_reach_the_lake_or_the_dead_
         sent[(md.topic, md.partition, md.offset)] = (key, value, headers)
 
     with tempfile.TemporaryDirectory() as lake:
-        s = scoring_flow(Settings(topic_prefix=prefix, lake=Path(lake), group=f"fuzz{run}"), broker.bootstrap, mode="drain")
+        s = scoring_flow(
+            Settings(topic_prefix=prefix, lake=Path(lake), group=f"fuzz{run}"), broker.bootstrap, mode="drain"
+        )
         assert s["consumed"] == len(sent) and s["balanced"] and s["pending_after"] == 0
         quarantine = read(Path(lake) / "quarantine")
         windows = read(Path(lake) / "windows")
     assert len(sent) == sum(windows.column("reading_count").to_pylist()) + s["duplicates"] + len(quarantine)
 
     consumer = KafkaConsumer(
-        kafka.dead_letter_topic(), bootstrap_servers=[broker.bootstrap], auto_offset_reset="earliest", consumer_timeout_ms=3000
+        kafka.dead_letter_topic(),
+        bootstrap_servers=[broker.bootstrap],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
     )
     dlq = list(consumer)
     consumer.close()

@@ -42,7 +42,9 @@ def produced(broker: EmbeddedBroker) -> int:
     prod = producer(kafka)
     # No out-of-order or very late data: which readings are late depends on batch boundaries (as in the
     # crash test), and an outage moves them.
-    cfg = SimulationConfig(patients=12, hours=0.5, seed=5, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
+    cfg = SimulationConfig(
+        patients=12, hours=0.5, seed=5, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0
+    )
     sim = simulate(cfg)
     n = sum(produce(prod, kafka, chunk) for chunk in encode(sim))
     prod.close()
@@ -50,7 +52,9 @@ def produced(broker: EmbeddedBroker) -> int:
 
 
 @pytest.fixture(scope="module")
-def clean_lake(broker: EmbeddedBroker, produced: int, prefect_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def clean_lake(
+    broker: EmbeddedBroker, produced: int, prefect_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     from flows.scoring import scoring_flow
 
     lake = tmp_path_factory.mktemp("clean")
@@ -105,7 +109,9 @@ def test_a_paused_broker_is_waited_for_and_the_run_carries_on_without_loss(
         paused.append(time.monotonic() - t0)
 
     pauser = after_first_checkpoint(tmp_path, "paused", outage)
-    s = scoring_flow(settings(tmp_path, "paused", broker_outage_timeout_s=60), broker.bootstrap, mode="drain")
+    s = scoring_flow(
+        settings(tmp_path, "paused", broker_outage_timeout_s=OUTAGE_S + 60), broker.bootstrap, mode="drain"
+    )
     pauser.join()
 
     assert paused and paused[0] >= OUTAGE_S
@@ -117,8 +123,9 @@ def test_a_paused_broker_is_waited_for_and_the_run_carries_on_without_loss(
 def test_a_broker_away_too_long_stops_the_run_in_one_line_and_a_restart_loses_nothing(
     broker: EmbeddedBroker, produced: int, clean_lake: Path, tmp_path: Path
 ) -> None:
-    from flows.scoring import scoring_flow
     from prefect.settings import PREFECT_API_URL
+
+    from flows.scoring import scoring_flow
 
     assert broker.proc is not None
     pauser = after_first_checkpoint(tmp_path, "away", lambda: os.kill(broker.proc.pid, signal.SIGSTOP))  # type: ignore[union-attr]
@@ -140,9 +147,8 @@ def test_a_broker_away_too_long_stops_the_run_in_one_line_and_a_restart_loses_no
     assert r.returncode == 3, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     # the broker stops answering the consumer or the dead-letter producer first, whichever asks first
-    assert last.startswith("vitalstream: error: ") and broker.bootstrap in last and "within 3 s" in last or (
-        "broker_outage_timeout_s=3" in last
-    ), r.stderr
+    assert last.startswith("vitalstream: error: ") and broker.bootstrap in last, r.stderr
+    assert "within 3 s" in last or "broker_outage_timeout_s=3" in last, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert stopped_after < 60
     committed_seq = checkpointed(tmp_path, "away")["seq"]
@@ -194,3 +200,44 @@ def test_the_flow_gives_up_on_an_unanswering_broker_at_start(tmp_path: Path, pre
             assert time.monotonic() - t0 < 90
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
+
+
+def test_a_group_that_assigns_no_partitions_is_reported_within_the_timeout(broker: EmbeddedBroker) -> None:
+    """A member that sorts first takes every (single) partition under the range assignor; ours is left with
+    none, as in a group stuck in a rebalance. The run reports it after assignment_timeout_s."""
+    from kafka import KafkaConsumer
+
+    from pipeline.consumer_process import ConsumerProcess
+
+    kafka = KafkaSettings(broker.bootstrap, topic_prefix="stuck.", partitions=1, assignment_timeout_s=4)
+    ensure_topics(kafka)
+    hog = KafkaConsumer(
+        bootstrap_servers=[broker.bootstrap],
+        group_id="stuck",
+        client_id="a-hog",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1500,
+    )
+    hog.subscribe(kafka.topics())
+    stop = threading.Event()
+
+    def keep_polling() -> None:
+        while not stop.is_set():
+            hog.poll(timeout_ms=200)
+
+    while not hog.assignment():
+        hog.poll(timeout_ms=200)
+    poller = threading.Thread(target=keep_polling, daemon=True)
+    poller.start()
+    consumer = ConsumerProcess(kafka, "stuck")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="assigned no partitions within 4 s"):
+            consumer.wait_for_assignment()
+        assert time.monotonic() - t0 < 30
+        assert len(hog.assignment()) == 4
+    finally:
+        consumer.close()
+        stop.set()
+        poller.join()
+        hog.close()

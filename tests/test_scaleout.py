@@ -31,24 +31,35 @@ def broker() -> Iterator[EmbeddedBroker]:
 def test_two_instances_give_the_union_of_one_process_and_split_the_patients(
     broker: EmbeddedBroker, prefect_session: None, tmp_path: Path
 ) -> None:
-    from flows.scoring import scoring_flow
     from prefect.settings import PREFECT_API_URL
+
+    from flows.scoring import scoring_flow
 
     kafka = KafkaSettings(broker.bootstrap, topic_prefix=PREFIX, partitions=4)
     ensure_topics(kafka)
     prod = producer(kafka)
-    cfg = SimulationConfig(patients=8, hours=0.5, seed=9, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0)
+    cfg = SimulationConfig(
+        patients=8, hours=0.5, seed=9, malformed_rate=0.01, out_of_order_rate=0.0, very_late_rate=0.0
+    )
     produced = sum(produce(prod, kafka, chunk) for chunk in encode(simulate(cfg)))
     prod.close()
 
-    one = scoring_flow(Settings(topic_prefix=PREFIX, lake=tmp_path / "one", group="one"), broker.bootstrap, mode="drain")
+    one = scoring_flow(
+        Settings(topic_prefix=PREFIX, lake=tmp_path / "one", group="one"), broker.bootstrap, mode="drain"
+    )
     assert one["consumed"] == produced and one["balanced"]
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "VITALSTREAM_TOPIC_PREFIX": PREFIX}
     lake = tmp_path / "two"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", broker.bootstrap, "--lake", str(lake), "--drain"]
     procs = [
-        subprocess.Popen([*cmd, "--group", "two", "--instance", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*cmd, "--group", "two", "--instance", f"{i}/2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=240) for p in procs]

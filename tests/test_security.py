@@ -9,6 +9,7 @@ makes (bootstrap, metadata, fetch, commit) goes through TLS, verified against a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -126,10 +127,8 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def test_the_flow_runs_over_tls_with_the_settings_passed_through(prefect_session: None, tmp_path: Path) -> None:
@@ -145,7 +144,9 @@ def test_the_flow_runs_over_tls_with_the_settings_passed_through(prefect_session
             kafka = KafkaSettings(bootstrap, topic_prefix="tls.", partitions=2, security=security)
             ensure_topics(kafka)
             prod = producer(kafka)
-            produced = sum(produce(prod, kafka, c) for c in encode(simulate(SimulationConfig(patients=3, hours=0.2, seed=4))))
+            produced = sum(
+                produce(prod, kafka, c) for c in encode(simulate(SimulationConfig(patients=3, hours=0.2, seed=4)))
+            )
             prod.close()
 
             # Plain text to the TLS port gets nowhere: the settings, not luck, carry the connection.
