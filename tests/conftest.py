@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from pipeline.broker import EmbeddedBroker
 from pipeline.decode import RawBatch
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a window boundary for any window that divides a day
@@ -58,6 +59,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     ckpt.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def session_broker() -> Iterator[EmbeddedBroker]:
+    """One embedded broker for the session's robustness tests (issue 4), each on its own topic prefix:
+    stopping a broker that clients have talked to takes it about 5 s."""
+    with EmbeddedBroker() as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

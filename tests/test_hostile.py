@@ -25,13 +25,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from models.lstm import load_checkpoint
+from pipeline.broker import EmbeddedBroker
 from pipeline.contract import STREAMS, stream_contract
 from pipeline.decode import MAX_MESSAGE_BYTES, RawBatch
 from pipeline.engine import Engine, EngineConfig
 from pipeline.score import Scorer
 from pipeline.validate import ge_unexpected_rows, unexpected_mask
 
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 FUZZ_BROKER_EXAMPLES = int(os.environ.get("FUZZ_BROKER_EXAMPLES", "1"))
 MIN = 60_000
 FIELD = {s: stream_contract(s).value_field for s in STREAMS}
@@ -254,11 +255,8 @@ def test_fuzzed_batches_never_crash_the_engine_and_the_accounting_holds(
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[Any]:
-    from pipeline.broker import EmbeddedBroker
-
-    with EmbeddedBroker() as b:
-        yield b
+def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return session_broker
 
 
 _runs = iter(range(1000))

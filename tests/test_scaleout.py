@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -23,9 +22,8 @@ PREFIX = "scale."
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
-        yield b
+def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return session_broker
 
 
 def test_two_instances_give_the_union_of_one_process_and_split_the_patients(

@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -166,9 +165,8 @@ def test_the_flow_runs_over_tls_with_the_settings_passed_through(prefect_session
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
-        yield b
+def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return session_broker
 
 
 def test_pseudonymised_run_leaves_no_raw_id_in_the_lake_or_logs_and_private_files(
