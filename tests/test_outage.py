@@ -26,7 +26,7 @@ from pipeline.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 PREFIX = "outage."
-OUTAGE_S = float(os.environ.get("OUTAGE_S", "8"))  # longer than the 6 s session timeout: the group rejoins
+OUTAGE_S = float(os.environ.get("OUTAGE_S", "7"))  # longer than the 6 s session timeout: the group rejoins
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +27,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.broker import EmbeddedBroker, free_port
-from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
 from pipeline.simulate import SimulationConfig, encode, simulate
 
@@ -130,58 +130,42 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
-def test_the_flow_runs_over_tls_with_the_settings_passed_through(prefect_session: None, tmp_path: Path) -> None:
-    from flows.scoring import scoring_flow
-
-    ca, cert, key = make_certificates(tmp_path)
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedBroker, TLSProxy, Path]]:
+    """A broker reachable only through TLS (the proxy's port is the one it advertises): (broker, proxy, CA)."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca, cert, key = make_certificates(folder)
     proxy_port = free_port()
     with EmbeddedBroker(advertised=f"127.0.0.1:{proxy_port}") as broker:
         proxy = TLSProxy(proxy_port, ("127.0.0.1", broker.port), cert, key)
-        try:
-            security = {"security_protocol": "SSL", "ssl_cafile": str(ca)}
-            bootstrap = f"127.0.0.1:{proxy_port}"
-            kafka = KafkaSettings(bootstrap, topic_prefix="tls.", partitions=2, security=security)
-            ensure_topics(kafka)
-            prod = producer(kafka)
-            produced = sum(
-                produce(prod, kafka, c) for c in encode(simulate(SimulationConfig(patients=3, hours=0.2, seed=4)))
-            )
-            prod.close()
-
-            # Plain text to the TLS port gets nowhere: the settings, not luck, carry the connection.
-            plain = KafkaSettings(bootstrap, topic_prefix="tls.", connect_timeout_s=2)
-            with pytest.raises(Exception):  # noqa: B017 - kafka-python's bootstrap failure, whatever its type
-                ensure_topics(plain)
-
-            settings = Settings(topic_prefix="tls.", lake=tmp_path / "lake", group="tls", kafka_security=security)
-            s = scoring_flow(settings, bootstrap, mode="drain")
-        finally:
-            proxy.close()
-    assert s["consumed"] == produced and s["balanced"] and s["windows"] > 0
-    assert proxy.handshakes >= 3  # admin, producer, consumer (and its coordinator connection)
+        yield broker, proxy, ca
+        proxy.close()
+        assert broker.proc is not None
+        broker.proc.kill()  # in-memory and throwaway: no need for its 5 s graceful stop
 
 
-# --- pseudonymisation, logs, permissions ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
-    return session_broker
-
-
-def test_pseudonymised_run_leaves_no_raw_id_in_the_lake_or_logs_and_private_files(
-    broker: EmbeddedBroker, prefect_session: None, tmp_path: Path
+def test_a_pseudonymised_run_over_tls_leaves_no_raw_id_in_the_lake_or_logs_and_private_files(
+    tls_broker: tuple[EmbeddedBroker, TLSProxy, Path], prefect_session: None, tmp_path: Path
 ) -> None:
+    """One CLI run configured from the environment: TLS settings passed through to every Kafka client,
+    pseudonymised ids, INFO logs captured."""
     from prefect.settings import PREFECT_API_URL
 
+    _, proxy, ca = tls_broker
+    bootstrap = f"127.0.0.1:{proxy.port}"
     prefix = "priv."
-    kafka = KafkaSettings(broker.bootstrap, topic_prefix=prefix, partitions=2)
+    security = {"security_protocol": "SSL", "ssl_cafile": str(ca)}
+    kafka = KafkaSettings(bootstrap, topic_prefix=prefix, partitions=2, security=security)
     ensure_topics(kafka)
     sim = simulate(SimulationConfig(patients=6, hours=0.3, seed=8, malformed_rate=0.02))
     raw_ids = set(sim.readings.column("patient_id").unique().to_pylist())
     prod = producer(kafka)
     produced = sum(produce(prod, kafka, chunk) for chunk in encode(sim))
     prod.close()
+    # Plain text to the TLS port gets nowhere: the settings, not luck, carry the connections.
+    with pytest.raises(Exception):  # noqa: B017 - kafka-python's bootstrap failure, whatever its type
+        ensure_topics(KafkaSettings(bootstrap, topic_prefix=prefix, connect_timeout_s=2))
+    handshakes_before = proxy.handshakes
 
     lake = tmp_path / "lake"
     env = {
@@ -189,14 +173,17 @@ def test_pseudonymised_run_leaves_no_raw_id_in_the_lake_or_logs_and_private_file
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
         "PREFECT_LOGGING_LEVEL": "INFO",  # INFO logs are under test
         "VITALSTREAM_TOPIC_PREFIX": prefix,
+        "VITALSTREAM_SECURITY_PROTOCOL": "SSL",
+        "VITALSTREAM_SSL_CAFILE": str(ca),
         "VITALSTREAM_PSEUDONYMISE": "true",
         "VITALSTREAM_PSEUDONYM_KEY": "test-key-0123456789abcdef",
     }
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", broker.bootstrap, "--lake", str(lake)]
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
     r = subprocess.run([*cmd, "--group", "priv", "--drain"], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
+    assert proxy.handshakes >= handshakes_before + 2  # the run's consumer and dead-letter/admin clients, over TLS
     logs = r.stdout + r.stderr
-    assert f"{produced:,}" in logs  # the run's summary is there
+    assert f"{produced:,}" in logs  # the run's summary is there: every message consumed
     assert "ps-" in logs  # the summary names patients, by pseudonym
 
     # Not in the logs: raw ids, device ids (they embed the id), message bodies or reading values.
