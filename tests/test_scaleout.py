@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from conftest import assert_same_lake
+from kafka.admin import KafkaAdminClient
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
@@ -72,3 +73,11 @@ def test_two_instances_give_the_union_of_one_process_and_split_the_patients(
     assert patients[0] and patients[1] and not patients[0] & patients[1]  # no patient scored by both
     consumed = [int(out.split("consumed")[1].split()[0].replace(",", "")) for out, _ in outs]
     assert sum(consumed) == produced and all(consumed)
+    # Both committed to the one group: its offsets cover the whole input (lag monitoring works).
+    admin = KafkaAdminClient(bootstrap_servers=[broker.bootstrap])
+    try:
+        committed = admin.list_group_offsets("two")["two"]
+    finally:
+        admin.close()
+    assert {tp.topic for tp in committed} <= set(kafka.topics())  # partitions that had messages
+    assert sum(o.offset for o in committed.values()) == produced
