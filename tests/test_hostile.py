@@ -8,6 +8,7 @@ embedded broker and reads the dead-letter topic back. FUZZ_EXAMPLES / FUZZ_BROKE
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -32,7 +33,7 @@ from pipeline.engine import Engine, EngineConfig
 from pipeline.score import Scorer
 from pipeline.validate import ge_unexpected_rows, unexpected_mask
 
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 FUZZ_BROKER_EXAMPLES = int(os.environ.get("FUZZ_BROKER_EXAMPLES", "1"))
 MIN = 60_000
 FIELD = {s: stream_contract(s).value_field for s in STREAMS}
@@ -60,8 +61,13 @@ def good(stream: str, pid: str, t_ms: int, value: float = 80.0) -> bytes:
     return json.dumps(doc).encode()
 
 
+@functools.cache
+def scorer(ckpt: Path) -> Scorer:
+    return Scorer(load_checkpoint(ckpt))  # loaded once: examples differ in state, not in the model
+
+
 def engine(lake: Path, ckpt: Path) -> Engine:
-    return Engine(EngineConfig(lake=lake, group="g"), Scorer(load_checkpoint(ckpt)))
+    return Engine(EngineConfig(lake=lake, group="g"), scorer(ckpt))
 
 
 # --- every kind, one at a time ----------------------------------------------------------------------------

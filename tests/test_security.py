@@ -215,17 +215,16 @@ def test_a_pseudonymised_run_over_tls_leaves_no_raw_id_in_the_lake_or_logs_and_p
             assert mode == 0o640, (path, oct(mode))
 
 
-def test_pseudonymise_without_a_key_is_a_one_line_config_error(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "VITALSTREAM_PSEUDONYM_KEY"}
-    env["VITALSTREAM_PSEUDONYMISE"] = "yes"
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "VITALSTREAM_PSEUDONYM_KEY" in r.stderr, r.stderr
+def test_pseudonymise_without_a_key_is_a_one_line_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.delenv("VITALSTREAM_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("VITALSTREAM_PSEUDONYMISE", "yes")
+    assert main(["run", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "VITALSTREAM_PSEUDONYM_KEY" in err, err
 
 
 def test_pseudonyms_are_keyed_stable_and_keep_nulls() -> None:
