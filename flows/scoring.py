@@ -113,6 +113,12 @@ class Outage:
         self.tries += 1
         time.sleep(min(0.25 * 2**self.tries, 5.0, max(0.0, self.limit_s - waited) + 0.1))
 
+    def waited_elsewhere(self, seconds: float) -> None:
+        """A call that blocked on the broker (the dead-letter send waits for its acknowledgements)."""
+        if seconds > 2.0:
+            self.longest_s = max(self.longest_s, seconds)
+            self.logger.warning("Kafka broker %s answered after %.1f s", self.bootstrap, seconds)
+
     def over(self) -> None:
         if self.since is not None:
             lasted = time.monotonic() - self.since
@@ -181,7 +187,9 @@ def scoring_flow(
             outage.over()
             idle_polls = 0
             out = engine.process(raw, lagging=lagging)
+            sent_at = time.monotonic()
             dead_letters.send(out.dead_letters, settings.broker_outage_timeout_s)
+            outage.waited_elsewhere(time.monotonic() - sent_at)  # an outage can also show up here
             write_batch(engine, out)
             consumer.commit(engine.offsets)
             run.add(out.counts)

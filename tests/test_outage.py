@@ -118,7 +118,7 @@ def test_a_paused_broker_is_waited_for_and_the_run_carries_on_without_loss(
     assert paused and paused[0] >= OUTAGE_S
     assert s["consumed"] == produced and s["balanced"]
     assert_exact(tmp_path, "paused", clean_lake, produced)
-    print(f"\noutage survived: broker paused {paused[0]:.1f} s mid-run; run saw {s['outage_s']} s without answers")
+    print(f"\noutage survived: broker paused {paused[0]:.1f} s mid-run; run waited {s['outage_s']} s for answers")
 
 
 def test_a_broker_away_too_long_then_a_lake_that_stops_being_writable_lose_nothing(
