@@ -22,8 +22,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-soak: setup  # the crash test with many kill trials (make test runs 2)
-	KILL_TRIALS=$${KILL_TRIALS:-20} $(PY) -m pytest -s tests/test_crash.py
+soak: setup  # long versions: kill trials, fuzz examples, outage seconds (make test runs short ones)
+	KILL_TRIALS=$${KILL_TRIALS:-20} FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_BROKER_EXAMPLES=$${FUZZ_BROKER_EXAMPLES:-5} \
+	OUTAGE_S=$${OUTAGE_S:-60} SOAK=1 $(PY) -m pytest -s tests/test_crash.py tests/test_hostile.py tests/test_outage.py
 
 test-server: setup  # also runs a deployment through `vitalstream serve` on a real `prefect server start` (~1 min)
 	VITALSTREAM_SERVER_TESTS=1 $(PY) -m pytest tests/test_serve.py

@@ -1,7 +1,13 @@
 """The scoring flow: Kafka -> engine (decode, validate, window, score) -> Parquet, in micro-batches.
 
-Per batch the order is fixed: write Parquet and the state checkpoint, then commit Kafka offsets. A crash
-between the two replays the batch into the same file names (the batch id is derived from its offsets).
+Per batch the order is fixed: send the batch's dead letters (and wait for the broker's acknowledgement),
+write Parquet and the state checkpoint, then commit Kafka offsets. A crash anywhere before the checkpoint
+replays the batch into the same file names; its dead letters are sent again (at-least-once, deduplicated by
+the `vitalstream.source` header).
+
+A broker that stops answering (empty polls that a probe request cannot explain) is waited for with backoff
+for up to `broker_outage_timeout_s`; past that the run stops with BrokerUnavailable, having committed
+nothing it had not checkpointed, so a restart resumes exactly.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.engine import BatchOutput, Engine, EngineConfig, Totals
-from pipeline.errors import ModelError
-from pipeline.kafka_io import KafkaSettings, ensure_topics
+from pipeline.errors import BrokerUnavailable, ModelError
+from pipeline.kafka_io import DeadLetters, KafkaSettings, ensure_topics
+from pipeline.privacy import key_from_env
 from pipeline.quality import QualityProcess
 from pipeline.score import Scorer
-from pipeline.sink import ensure_writable
+from pipeline.sink import ensure_writable, restrict_permissions
 
 Mode = Literal["until-idle", "drain", "follow"]
 
@@ -40,6 +47,7 @@ class RunSummary:
     pending_after: int
     quality: dict[str, Any] = field(default_factory=dict)
     lake: str = ""
+    outage_s: float = 0.0  # longest broker outage survived during the run
 
     @property
     def balanced(self) -> bool:
@@ -61,6 +69,7 @@ class RunSummary:
             "balanced": self.balanced,
             "quality": self.quality,
             "lake": self.lake,
+            "outage_s": round(self.outage_s, 1),
         }
 
 
@@ -80,6 +89,46 @@ def build_scorer(settings: Settings) -> Scorer:
 @task(name="prepare-topics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
 def prepare_topics(kafka: KafkaSettings) -> None:
     ensure_topics(kafka)
+
+
+class Outage:
+    """Tracks a broker that stopped answering: waits with exponential backoff, gives up after `limit_s`."""
+
+    def __init__(self, bootstrap: str, limit_s: float, logger: Any) -> None:
+        self.bootstrap, self.limit_s, self.logger = bootstrap, limit_s, logger
+        self.since: float | None = None
+        self.tries = 0
+        self.longest_s = 0.0  # the longest outage this run survived
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            self.logger.warning(
+                "Kafka broker %s is not answering; retrying for up to %.0f s", self.bootstrap, self.limit_s
+            )
+        waited = now - self.since
+        if waited > self.limit_s:
+            raise BrokerUnavailable(
+                f"Kafka broker {self.bootstrap} has not answered for {waited:.0f} s "
+                f"(broker_outage_timeout_s={self.limit_s:.0f}); nothing was lost: "
+                "rerun to resume from the last checkpoint"
+            )
+        self.tries += 1
+        time.sleep(min(0.25 * 2**self.tries, 5.0, max(0.0, self.limit_s - waited) + 0.1))
+
+    def waited_elsewhere(self, seconds: float) -> None:
+        """A call that blocked on the broker (the dead-letter send waits for its acknowledgements)."""
+        if seconds > 2.0:
+            self.longest_s = max(self.longest_s, seconds)
+            self.logger.warning("Kafka broker %s answered after %.1f s", self.bootstrap, seconds)
+
+    def over(self) -> None:
+        if self.since is not None:
+            lasted = time.monotonic() - self.since
+            self.longest_s = max(self.longest_s, lasted)
+            self.logger.warning("Kafka broker %s answers again after %.1f s", self.bootstrap, lasted)
+        self.since, self.tries = None, 0
 
 
 @task(name="write-batch", retries=2, retry_delay_seconds=[1, 4], cache_policy=NO_CACHE)
@@ -103,10 +152,14 @@ def scoring_flow(
     """Consume the four topics, score closed windows, write the lake; returns the run summary."""
     logger = get_run_logger()
     kafka = settings.kafka(bootstrap)
+    pseudonym_key = key_from_env() if settings.pseudonymise else None
+    restrict_permissions()  # the lake holds health data: files 0o640, directories 0o750
     ensure_writable(settings.lake)
     prepare_topics(kafka)
     engine = Engine(
-        EngineConfig(settings.lake, settings.group, settings.window(), settings.quality_sample_rows),
+        EngineConfig(
+            settings.lake, settings.state_name(), settings.window(), settings.quality_sample_rows, pseudonym_key
+        ),
         build_scorer(settings),
     )
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -117,6 +170,8 @@ def scoring_flow(
     started = time.perf_counter()
     batches = 0
     bar = _progress(progress)
+    dead_letters = DeadLetters(kafka)
+    outage = Outage(kafka.bootstrap, settings.broker_outage_timeout_s, logger)
     quality_process = QualityProcess()  # imports Great Expectations while this run consumes
     try:
         consumer.wait_for_assignment()
@@ -125,12 +180,20 @@ def scoring_flow(
             raw = consumer.poll_batch()
             lagging = consumer.lagging()
             if not raw:
+                if not consumer.reachable():
+                    outage.wait()  # an outage is not idleness: in until-idle mode it must not end the run
+                    continue
+                outage.over()
                 idle_polls += 1
                 if mode != "follow" and (not lagging or idle_polls >= max_idle_polls):
                     break
                 continue
+            outage.over()
             idle_polls = 0
             out = engine.process(raw, lagging=lagging)
+            sent_at = time.monotonic()
+            dead_letters.send(out.dead_letters, settings.broker_outage_timeout_s)
+            outage.waited_elsewhere(time.monotonic() - sent_at)  # an outage can also show up here
             write_batch(engine, out)
             consumer.commit(engine.offsets)
             run.add(out.counts)
@@ -145,6 +208,7 @@ def scoring_flow(
         quality = validate_quality(engine, run_id, quality_process)
     finally:
         consumer.close()
+        dead_letters.close()
         quality_process.close()
         if bar is not None:
             bar.close()
@@ -158,6 +222,7 @@ def scoring_flow(
         engine.pending,
         quality,
         str(settings.lake),
+        outage.longest_s,
     )
     logger.info(
         "consumed %d, windowed %d, duplicates %d, quarantined %d, windows %d, pending %d, balanced=%s",

@@ -33,9 +33,16 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """`with EmbeddedBroker() as b: b.bootstrap` -> "127.0.0.1:PORT"; stops the process on exit."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 15.0,
+        advertised: str | None = None,  # host:port clients are told to use, e.g. a TLS-terminating proxy's
+    ) -> None:
         self.host = host
         self.port = port or free_port()
+        self.advertised = advertised
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.gettempdir()) / f"vitalstream-broker-{self.port}.log"
@@ -46,10 +53,11 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         log = self.log_path.open("wb")
         try:
             self.proc = subprocess.Popen(
-                [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

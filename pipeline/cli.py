@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     r.add_argument("--lake", type=Path, help="output directory (default ./lake)")
     r.add_argument("--group", help="consumer group (default vitalstream-scoring)")
+    r.add_argument("--instance", help="scale-out: i/n, this process reads partitions p with p %% n == i")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument(
         "--until-idle",
@@ -227,7 +228,9 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args, bootstrap=args.bootstrap, lake=args.lake, group=args.group, scoring_engine=args.engine)
+    settings = _settings(
+        args, bootstrap=args.bootstrap, lake=args.lake, group=args.group, scoring_engine=args.engine, instance=args.instance
+    )
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
     summary = _run_flow(settings, settings.bootstrap, args.mode)
@@ -241,12 +244,25 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
     from pipeline.sink import ensure_writable
 
     # Expected failures surface here, as one line, before Prefect starts a run.
+    if settings.pseudonymise:
+        from pipeline.privacy import key_from_env
+
+        key_from_env()
     ensure_writable(settings.lake)
     build_scorer(settings)
     check_reachable(settings.kafka(bootstrap))
 
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_drop_expected_tracebacks)
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     return result
+
+
+def _drop_expected_tracebacks(record: logging.LogRecord) -> bool:
+    """Prefect logs a failed run's exception with its traceback; for an expected failure (broker, lake) the
+    CLI's one line says it all."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, VitalStreamError)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

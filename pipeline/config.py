@@ -59,6 +59,12 @@ class Settings:
     onnx_path: Path | None = (
         None  # None: <model_path>.onnx when it exists (`vitalstream export-onnx`), else exported in memory
     )
+    # issue 4: robustness
+    dlq_topic: str = ""  # dead-letter topic for every quarantined message; "" means <topic_prefix>dlq
+    broker_outage_timeout_s: float = 120.0  # how long a run waits for a broker that stopped answering
+    assignment_timeout_s: float = 30.0  # how long to wait for the consumer group to assign partitions
+    instance: str = ""  # scale-out: "i/n" reads partitions p with p % n == i (n processes, same group)
+    pseudonymise: bool = False  # patient and device ids as HMAC-SHA256 pseudonyms (key: VITALSTREAM_PSEUDONYM_KEY)
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -70,7 +76,28 @@ class Settings:
             partitions=self.partitions,
             connect_timeout_s=self.connect_timeout_s,
             security=dict(self.kafka_security),
+            dlq_topic=self.dlq_topic,
+            instance=self.instance_index(),
+            assignment_timeout_s=self.assignment_timeout_s,
         )
+
+    def instance_index(self) -> tuple[int, int] | None:
+        """`instance` "i/n" as (i, n); None when unset (one process, partitions assigned by the group)."""
+        if not self.instance:
+            return None
+        i, _, n = self.instance.partition("/")
+        try:
+            index, count = int(i), int(n)
+        except ValueError:
+            raise ConfigError(f"instance={self.instance!r}: expected i/n, e.g. 0/2 and 1/2 for two processes") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"instance={self.instance!r}: need 0 <= i < n")
+        return index, count
+
+    def state_name(self) -> str:
+        """Names the state checkpoint and the lake's files: one per group, and per instance when scaled out."""
+        ix = self.instance_index()
+        return self.group if ix is None else f"{self.group}.{ix[0]}of{ix[1]}"
 
     def window(self) -> WindowConfig:
         return WindowConfig(
@@ -120,6 +147,11 @@ SETTING_DOCS: dict[str, str] = {
     "quality_docs_runs": "newest validation runs per suite that the Data Docs site shows (older results stay on disk)",
     "scoring_engine": "torch (PyTorch) or onnx (onnxruntime, as on an edge device); run/demo --engine",
     "onnx_path": "ONNX file for --engine onnx (default <model_path>.onnx if present, else exported in memory)",
+    "dlq_topic": "dead-letter topic for every quarantined message (default <topic_prefix>dlq)",
+    "broker_outage_timeout_s": "how long a run waits, with backoff, for a broker that stopped answering (then exit 3)",
+    "assignment_timeout_s": "how long to wait for the consumer group to assign partitions before reporting it",
+    "instance": "scale-out: i/n reads partitions p with p mod n = i (n processes, one group)",
+    "pseudonymise": "patient and device ids as HMAC-SHA256 pseudonyms (key in VITALSTREAM_PSEUDONYM_KEY)",
 }
 
 
@@ -180,6 +212,8 @@ def _coerce(s: Settings) -> Settings:
                 out[f.name] = int(v)
             elif kind.startswith("float"):
                 out[f.name] = float(v)
+            elif kind.startswith("bool"):
+                out[f.name] = _bool(v)
             else:
                 out[f.name] = str(v)
         except (TypeError, ValueError) as exc:
@@ -200,4 +234,16 @@ def _coerce(s: Settings) -> Settings:
         )
     if settings.scoring_engine not in ("torch", "onnx"):
         raise ConfigError(f"scoring_engine must be torch or onnx, not {settings.scoring_engine!r}")
+    settings.instance_index()  # validates "i/n"
     return settings
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(v)

@@ -21,6 +21,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -37,6 +38,7 @@ class ConsumerProcess:
         self._args = (settings, group, max_batch_records)
         self._offsets: dict[str, int] = {}
         self._lagging: set[str] = set()
+        self._reachable = True
         self._proc: Any = None
         self._data: Connection | None = None
         self._control: Connection | None = None
@@ -44,7 +46,8 @@ class ConsumerProcess:
     def resume_from(self, offsets: dict[str, int]) -> None:
         self._offsets = dict(offsets)
 
-    def wait_for_assignment(self, timeout_s: float = 30.0) -> set[str]:
+    def wait_for_assignment(self, timeout_s: float | None = None) -> set[str]:
+        timeout_s = self.settings.assignment_timeout_s if timeout_s is None else timeout_s
         data_parent, data_child = Pipe(duplex=False)
         control_child, control_parent = Pipe(duplex=False)
         self._data, self._control = data_parent, control_parent
@@ -65,12 +68,16 @@ class ConsumerProcess:
     def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
         kind, payload = self._recv(None)
         assert kind == "batch"
-        batches, self._lagging = payload
+        batches, self._lagging, self._reachable = payload
         return list(batches)
 
     def lagging(self) -> set[str]:
         """Partitions that still had unread messages right after the poll that gave the last batch."""
         return set(self._lagging)
+
+    def reachable(self) -> bool:
+        """Whether the broker answered when the last poll came back empty (a paused broker gives empty polls)."""
+        return self._reachable
 
     def commit(self, offsets: dict[str, int]) -> None:
         if self._control is not None:
@@ -82,12 +89,20 @@ class ConsumerProcess:
         assert self._control is not None and self._data is not None
         with contextlib.suppress(BrokenPipeError, OSError):
             self._control.send(("stop", None))
+        # A child stuck on a broker that does not answer (its last commit, leaving the group) is not waited
+        # for long: commits are a convenience, the state checkpoint is what a restart resumes from.
+        deadline = time.monotonic() + 5.0
         while self._proc.poll() is None:
+            if time.monotonic() > deadline:
+                self._proc.kill()
+                self._proc.wait()
+                break
             try:
                 if self._data.poll(0.05):
                     self._data.recv()  # unblock a send in progress; the batch is dropped, not committed
             except (EOFError, OSError):
-                self._proc.wait(timeout=10)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         self._data.close()
         self._control.close()
         self._proc = None
@@ -129,7 +144,9 @@ def _child_main(data: Connection, control: Connection) -> None:
             if pending:
                 consumer.commit(pending)
             raw = consumer.poll_batch()
-            data.send(("batch", (raw, consumer.lagging())))
+            # An empty poll may mean "caught up" or "broker not answering": only a request tells them apart.
+            reachable = bool(raw) or consumer.reachable()
+            data.send(("batch", (raw, consumer.lagging(), reachable)))
     except (EOFError, BrokenPipeError):
         return  # the parent went away
     except VitalStreamError as exc:
@@ -138,7 +155,8 @@ def _child_main(data: Connection, control: Connection) -> None:
         _send_error(data, BrokerUnavailable(f"consumer process failed: {exc!r}\n{traceback.format_exc()}"))
     finally:
         if consumer is not None:
-            consumer.close()
+            with contextlib.suppress(Exception):  # the broker may be gone: leave without a fuss
+                consumer.close()
 
 
 def _send_error(data: Connection, exc: Exception) -> None:

@@ -52,6 +52,7 @@ class RawBatch:
     partitions: np.ndarray  # int32
     offsets: np.ndarray  # int64
     timestamps_ms: np.ndarray  # int64, Kafka record timestamps
+    headers: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)  # position -> Kafka headers, if any
     _keys: pa.Array | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +154,14 @@ def _scan(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     ok[ok] &= data[starts[ok]] == ord("{")
     breaks = np.flatnonzero((data == 10) | (data == 13))
     ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
+    # Arrow's reader does not check UTF-8 inside strings: a message with non-ASCII bytes (rare) is checked
+    # here, and one that is not valid UTF-8 goes to the exact path, which names the fault.
+    non_ascii = np.unique(np.searchsorted(offsets, np.flatnonzero(data >= 0x80), side="right") - 1)
+    for i in non_ascii[ok[non_ascii]].tolist():
+        try:
+            data[offsets[i] : offsets[i + 1]].tobytes().decode("utf-8")
+        except UnicodeDecodeError:
+            ok[i] = False
     quote = np.flatnonzero(data[: max(len(data) - 5, 0)] == ord('"'))
     for k, ch in enumerate(b'ts":"', start=1):
         quote = quote[data[quote + k] == ch]

@@ -27,6 +27,7 @@ from pipeline import sink
 from pipeline.contract import STREAMS, readings_suite_name, stream_contract
 from pipeline.decode import RawBatch, decode, to_readings
 from pipeline.features import PARTIAL_SCHEMA, READINGS_SCHEMA
+from pipeline.privacy import pseudonymise_columns
 from pipeline.quality import validate_file, write_sample
 from pipeline.score import HISTORY_SCHEMA, Scorer
 from pipeline.validate import route
@@ -47,6 +48,12 @@ QUARANTINE_SCHEMA = pa.schema(
         ("quarantined_at", pa.timestamp("ms", tz="UTC")),
     ]
 )
+HEADERS_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
+# The quarantine as it goes to the dead-letter topic: the lake's columns plus the original Kafka headers.
+DEAD_LETTER_SCHEMA = QUARANTINE_SCHEMA.append(pa.field("headers", HEADERS_TYPE))
+
+
+_ID_COLUMNS = ("patient_id", "key", "device_id")  # device ids often embed the patient id (e.g. "cgm-P000042")
 
 
 @dataclass
@@ -87,7 +94,8 @@ class BatchOutput:
     seq: int
     risk_scores: pa.Table
     windows: pa.Table
-    quarantine: pa.Table
+    quarantine: pa.Table  # as written to the lake (pseudonymised when that is on)
+    dead_letters: pa.Table  # the same messages with their original bytes and headers, for the dead-letter topic
     counts: Totals
     pending_before: int
     pending_after: int
@@ -99,6 +107,7 @@ class EngineConfig:
     group: str
     window: WindowConfig = field(default_factory=WindowConfig)
     quality_sample_rows: int = 20_000  # rows per suite and run that Great Expectations itself validates
+    pseudonym_key: bytes | None = None  # set: patient and device ids are pseudonymised in everything written
 
 
 Validator = Callable[[str, Path, Path], dict[str, Any]]  # (suite, sample Parquet, result JSON) -> summary
@@ -169,13 +178,17 @@ class Engine:
                 _quarantine(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail)
             )
             suite = readings_suite_name(batch.stream)
-            routing = route(decoded.table, suite)
-            self.quality.add(suite, decoded.table, routing.failed)
+            routing = route(decoded.table, suite)  # on the raw ids: their rules (length, key match) need them
+            table = decoded.table
+            if self.cfg.pseudonym_key is not None:
+                # From here on (quality sample, windows, state, scores) only pseudonyms exist.
+                table = pseudonymise_columns(table, _ID_COLUMNS, self.cfg.pseudonym_key)
+            self.quality.add(suite, table, routing.failed)
             bad = np.flatnonzero(routing.failed)
             if len(bad):
-                src = np.asarray(decoded.table.column("src").to_numpy())[bad]
+                src = np.asarray(table.column("src").to_numpy())[bad]
                 quarantine.append(_quarantine(batch, src, routing.reason[bad].tolist(), [""] * len(bad)))
-            good = decoded.table.filter(pa.array(~routing.failed))
+            good = table.filter(pa.array(~routing.failed))
             readings.append(to_readings(good, contract))
         canonical = pa.concat_tables(readings) if readings else None
         if canonical is None or len(canonical) == 0:
@@ -205,8 +218,9 @@ class Engine:
             scores = _empty_scores(self.scorer)
             windows = windows.append_column("dq_failure", pa.array([], pa.string()))
         counts.scored = len(scores)
-        q = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
-        counts.quarantined = Counter(q.column("reason").to_pylist())
+        dead = pa.concat_tables(quarantine) if quarantine else DEAD_LETTER_SCHEMA.empty_table()
+        counts.quarantined = Counter(dead.column("reason").to_pylist())
+        q = self._lake_quarantine(dead)
         for b in batches:
             if len(b):
                 for p in np.unique(b.partitions).tolist():
@@ -214,7 +228,17 @@ class Engine:
                     self.offsets[key] = max(self.offsets.get(key, 0), int(b.offsets[b.partitions == p].max()) + 1)
         self.totals.add(counts)
         seq = self.seq + 1
-        return BatchOutput(f"{self.tag}-{seq:09d}", seq, scores, windows, q, counts, pending_before, self.pending)
+        return BatchOutput(f"{self.tag}-{seq:09d}", seq, scores, windows, q, dead, counts, pending_before, self.pending)
+
+    def _lake_quarantine(self, dead: pa.Table) -> pa.Table:
+        q = dead.drop_columns(["headers"])
+        if self.cfg.pseudonym_key is None:
+            return q
+        # The original bytes carry the raw ids: they stay in Kafka (the dead-letter topic), not in the lake.
+        q = pseudonymise_columns(q, ("patient_id",), self.cfg.pseudonym_key)
+        n = len(q)
+        q = q.set_column(q.schema.get_field_index("key"), "key", pa.nulls(n, pa.binary()))
+        return q.set_column(q.schema.get_field_index("value"), "value", pa.nulls(n, pa.binary()))
 
     def write(self, out: BatchOutput) -> None:
         """Parquet first, then the state checkpoint; the caller commits Kafka offsets after this returns."""
@@ -284,6 +308,7 @@ def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detai
     keys = batch.keys.take(src_arr)
     patient = batch.key_array().take(src_arr)
     now = datetime.now(UTC).replace(microsecond=0)
+    src_list = np.asarray(src, dtype=np.int64).tolist() if batch.headers else []
     return pa.table(
         {
             "reason": pa.array([reason] * n if isinstance(reason, str) else reason, pa.string()),
@@ -297,8 +322,13 @@ def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detai
             "value": batch.value_array().take(src_arr),
             "patient_id": patient,
             "quarantined_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
+            "headers": pa.array(
+                [[{"key": k, "value": v} for k, v in batch.headers.get(i, ())] for i in src_list], HEADERS_TYPE
+            )
+            if batch.headers
+            else pa.nulls(n, HEADERS_TYPE),
         },
-        schema=QUARANTINE_SCHEMA,
+        schema=DEAD_LETTER_SCHEMA,
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.contract import STREAMS
@@ -36,9 +37,15 @@ class KafkaSettings:
     replication_factor: int = 1
     connect_timeout_s: float = 10.0
     security: dict[str, Any] = field(default_factory=dict)  # passed through: security_protocol, ssl_*, sasl_*
+    dlq_topic: str = ""  # dead-letter topic; "" means <topic_prefix>dlq
+    instance: tuple[int, int] | None = None  # (i, n): read partitions p with p % n == i; None: group-assigned
+    assignment_timeout_s: float = 30.0  # how long to wait for the group to assign partitions
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}{stream}"
+
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic_prefix}dlq"
 
     def topics(self) -> list[str]:
         return [self.topic(s) for s in STREAMS]
@@ -92,7 +99,7 @@ def ensure_topics(settings: KafkaSettings) -> None:
         raise _unreachable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
-        missing = [t for t in settings.topics() if t not in existing]
+        missing = [t for t in [*settings.topics(), settings.dead_letter_topic()] if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
@@ -120,6 +127,68 @@ def producer(settings: KafkaSettings) -> KafkaProducer:
         raise _unreachable(settings, exc) from exc
 
 
+class DeadLetters:
+    """The dead-letter topic: every quarantined message, with its original key, value, headers and timestamp,
+    plus `vitalstream.*` headers saying why and where it came from.
+
+    Sent and acknowledged before the batch's files and checkpoint are written, so a message is never in the
+    lake's quarantine without being in the topic. A crash after the send and before the checkpoint replays
+    the batch and sends its dead letters again: delivery is at-least-once, and the header
+    `vitalstream.source` ("topic:partition:offset" of the original message) is the key to deduplicate on.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.topic = settings.dead_letter_topic()
+        self._producer: KafkaProducer | None = None
+
+    def send(self, table: Any, timeout_s: float) -> int:
+        """Send the rows of a quarantine table (with its `headers` column); wait for every acknowledgement.
+        Raises BrokerUnavailable when the broker does not acknowledge within `timeout_s`."""
+        if len(table) == 0:
+            return 0
+        if self._producer is None:
+            self._producer = producer(self.settings)
+        cols = {name: table.column(name).to_pylist() for name in _DLQ_COLUMNS}
+        futures = []
+        for i in range(len(table)):  # quarantined rows only: a handful per batch, not the hot path
+            headers = [(h["key"], h["value"]) for h in cols["headers"][i] or []]
+            headers += [
+                ("vitalstream.reason", cols["reason"][i].encode()),
+                ("vitalstream.detail", (cols["detail"][i] or "").encode()),
+                ("vitalstream.source", f"{cols['topic'][i]}:{cols['partition'][i]}:{cols['offset'][i]}".encode()),
+            ]
+            ts = cols["kafka_timestamp"][i]
+            futures.append(
+                self._producer.send(
+                    self.topic,
+                    key=cols["key"][i],
+                    value=cols["value"][i],
+                    headers=headers,
+                    timestamp_ms=int(ts.timestamp() * 1000) if ts is not None else None,
+                )
+            )
+        try:
+            self._producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=0)
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"dead-letter topic {self.topic} on {self.settings.bootstrap} did not acknowledge "
+                f"{len(futures)} message(s) within {timeout_s:.0f} s ({type(exc).__name__})"
+            ) from exc
+        return len(futures)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                self._producer.close(timeout=2)
+            self._producer = None
+
+
+_DLQ_COLUMNS = ("key", "value", "headers", "reason", "detail", "topic", "partition", "offset", "kafka_timestamp")
+
+
 def produce(
     prod: KafkaProducer,
     settings: KafkaSettings,
@@ -140,6 +209,7 @@ class StreamConsumer:
 
     def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 200_000) -> None:
         self.settings = settings
+        self.group = group
         self.max_batch_records = max_batch_records
         try:
             self.consumer = KafkaConsumer(
@@ -156,8 +226,11 @@ class StreamConsumer:
             )
         except (KafkaError, OSError) as exc:
             raise _unreachable(settings, exc) from exc
-        self.consumer.subscribe(settings.topics())
+        # Next offset to read per partition: the checkpoint's at start, then past every message handed out.
         self._seek_to: dict[TopicPartition, int] = {}
+        self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
+        if settings.instance is None:
+            self.consumer.subscribe(settings.topics(), listener=_SeekOnAssign(self))
 
     def resume_from(self, offsets: dict[str, int]) -> None:
         """Offsets from the state checkpoint win over the group's committed ones (they match the state)."""
@@ -165,22 +238,62 @@ class StreamConsumer:
             topic, _, part = key.rpartition(":")
             self._seek_to[TopicPartition(topic, int(part))] = offset
 
-    def wait_for_assignment(self, timeout_s: float = 30.0) -> set[TopicPartition]:
+    def wait_for_assignment(self, timeout_s: float | None = None) -> set[TopicPartition]:
+        timeout_s = self.settings.assignment_timeout_s if timeout_s is None else timeout_s
+        if self.settings.instance is not None:
+            self._assign_instance(timeout_s)
+            return set(self.consumer.assignment())
         deadline = time.monotonic() + timeout_s
         while not self.consumer.assignment():
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(
-                    f"no partitions assigned by {self.settings.bootstrap} within {timeout_s:.0f} s "
-                    "(group stuck in a rebalance, or topics missing?)"
+                    f"consumer group {self.group!r} assigned no partitions within {timeout_s:.0f} s: the group may "
+                    f"be stuck in a rebalance (see `assignment_timeout_s`; deleting the group clears it) or the "
+                    f"topics {self.settings.topic_prefix}* may be missing"
                 )
             self.consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
-        self._apply_seeks()
+        self._apply_seeks(self.consumer.assignment())
         return set(self.consumer.assignment())
 
-    def _apply_seeks(self) -> None:
-        for tp in self.consumer.assignment():
+    def _assign_instance(self, timeout_s: float) -> None:
+        """Scale-out: instance i of n reads partition p of every topic when p % n == i. The topics are
+        co-partitioned by patient, so each patient's four streams meet in one instance, and no rebalance
+        can move a patient's open windows to another process mid-run (as in Flink's Kafka source)."""
+        assert self.settings.instance is not None
+        i, n = self.settings.instance
+        deadline = time.monotonic() + timeout_s
+        counts: dict[str, int] = {}
+        for topic in self.settings.topics():
+            while not (parts := self.consumer.partitions_for_topic(topic)):
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"topic {topic} has no partitions on {self.settings.bootstrap}")
+                time.sleep(0.2)
+            counts[topic] = len(parts)
+        if len(set(counts.values())) != 1:
+            raise BrokerUnavailable(
+                f"topics are not co-partitioned (partition counts {counts}); cannot split by patient"
+            )
+        mine = [TopicPartition(t, p) for t, c in counts.items() for p in range(c) if p % n == i]
+        self.consumer.assign(mine)
+        self._apply_seeks(mine)
+
+    def _apply_seeks(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
             if tp in self._seek_to:
                 self.consumer.seek(tp, self._seek_to[tp])
+
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Does the broker answer a request? (A paused broker still accepts TCP connections: only a reply
+        tells that it is alive.)"""
+        assigned = list(self.consumer.assignment())
+        try:
+            if assigned:
+                self.consumer.end_offsets(assigned[:1], timeout_ms=int(timeout_s * 1000))
+            else:
+                self.consumer.topics()
+            return True
+        except (KafkaError, OSError):
+            return False
 
     def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
         """Poll until `max_batch_records` or the input runs dry; one RawBatch per topic."""
@@ -195,6 +308,9 @@ class StreamConsumer:
             for tp, records in got.items():
                 by_topic.setdefault(tp.topic, []).extend(records)
                 total += len(records)
+                # After a rebalance (a broker outage can expire the session) resume here, not at the group's
+                # committed offset, which may trail the messages already handed to the pipeline.
+                self._seek_to[tp] = max(self._seek_to.get(tp, 0), records[-1].offset + 1)
         return [self._raw(topic, recs) for topic, recs in by_topic.items()]
 
     def _raw(self, topic: str, recs: list[Any]) -> RawBatch:
@@ -207,6 +323,7 @@ class StreamConsumer:
             partitions=np.fromiter((r.partition for r in recs), dtype=np.int32, count=n),
             offsets=np.fromiter((r.offset for r in recs), dtype=np.int64, count=n),
             timestamps_ms=np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n),
+            headers={i: list(r.headers) for i, r in enumerate(recs) if r.headers},  # kept for the dead letters
         )
 
     def lagging(self) -> set[str]:
@@ -214,14 +331,27 @@ class StreamConsumer:
         out = set()
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
+            if high is not None:
+                self._high[tp] = max(high, self._high.get(tp, 0))
+            else:
+                # A rebalance (after an outage) forgets the high-water marks; the last one seen is still a
+                # lower bound, and better than end_offsets(), which the embedded broker under-reports.
+                high = self._high.get(tp)
             if high is None:
-                # No fetch response yet for this partition: it may simply be empty. Ask the broker.
-                high = self.consumer.end_offsets([tp]).get(tp, 0)
+                # No fetch response yet for this partition: it may simply be empty. Ask the broker; if it
+                # does not answer, the partition may hold unread messages, so it keeps holding.
+                try:
+                    high = self.consumer.end_offsets([tp], timeout_ms=2000).get(tp, 0)
+                except (KafkaError, OSError):
+                    out.add(f"{tp.topic}:{tp.partition}")
+                    continue
             if self.consumer.position(tp) < high:
                 out.add(f"{tp.topic}:{tp.partition}")
         return out
 
-    def commit(self, offsets: dict[str, int]) -> None:
+    def commit(self, offsets: dict[str, int]) -> bool:
+        """Commit for monitoring and lag; False when the broker did not take it. Not fatal: the state
+        checkpoint, not the group, is what a restart resumes from, and the next commit catches up."""
         from kafka.structs import OffsetAndMetadata
 
         assigned = self.consumer.assignment()
@@ -231,8 +361,27 @@ class StreamConsumer:
             tp = TopicPartition(topic, int(part))
             if tp in assigned:
                 commit[tp] = OffsetAndMetadata(offset, "", -1)
-        if commit:
-            self.consumer.commit(commit)
+        if not commit:
+            return True
+        try:
+            self.consumer.commit(commit, timeout_ms=5000)
+            return True
+        except (KafkaError, OSError) as exc:
+            log.warning("offset commit failed (%s); the next batch's commit catches up", type(exc).__name__)
+            return False
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=3000)  # bounded: leaving a paused broker's group
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    """On (re)assignment, start from the checkpoint's offsets or past what was already handed out."""
+
+    def __init__(self, owner: StreamConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.owner._apply_seeks(assigned)

@@ -23,12 +23,22 @@ import pyarrow.parquet as pq
 from pipeline.errors import LakeNotWritable
 
 DATASETS = ("risk_scores", "windows", "quarantine")
+FILE_MODE = 0o640  # health data: readable by the owner and the group (analysts), by nobody else
+DIR_MODE = 0o750
+
+
+def restrict_permissions() -> None:
+    """Files and directories this process creates get no permissions for others (umask 027): this covers
+    every writer, including intermediate directories that mkdir(parents=True) creates with the umask."""
+    os.umask(os.umask(0o027) | 0o027)
+
+
 _DATE_COLUMN = {"risk_scores": "window_start", "windows": "window_start", "quarantine": "kafka_timestamp"}
 
 
 def ensure_writable(lake: Path) -> None:
     try:
-        lake.mkdir(parents=True, exist_ok=True)
+        lake.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         probe = lake / f".probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -72,9 +82,10 @@ def write_dataset(lake: Path, dataset: str, table: pa.Table, batch_id: str) -> l
 
 def _atomic_write(path: Path, write: Any) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         raise LakeNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -92,14 +103,17 @@ def save_state(lake: Path, group: str, tables: dict[str, pa.Table], meta: dict[s
     root = state_dir(lake, group)
     gen = f"gen-{uuid.uuid4().hex[:12]}"
     try:
-        (root / gen).mkdir(parents=True)
+        (root / gen).mkdir(parents=True, mode=DIR_MODE)
         for name, table in tables.items():
             # IPC stream format: unlike the file format it allows a dictionary per batch (the buffer's)
             with ipc.new_stream(root / gen / f"{name}.arrow", table.schema) as writer:
                 writer.write_table(table)
         (root / gen / "state.json").write_text(json.dumps(meta, indent=1))
+        for path in (root / gen).iterdir():
+            os.chmod(path, FILE_MODE)
         tmp = root / f".CURRENT.{gen}"
         tmp.write_text(gen)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, root / "CURRENT")
     except OSError as exc:
         raise LakeNotWritable(f"cannot write state checkpoint under {root}: {exc.strerror or exc}") from exc

@@ -28,6 +28,7 @@ SUPPORTED = (
     "expect_column_values_to_be_in_set",
     "expect_column_pair_values_to_be_equal",
     "expect_compound_columns_to_be_unique",
+    "expect_column_values_to_match_regex",
 )
 
 
@@ -82,6 +83,8 @@ def unexpected_mask(table: pa.Table, kind: str, kw: dict[str, Any]) -> np.ndarra
         return _np(pc.and_(valid, bad))
     if kind == "expect_column_value_lengths_to_be_between":
         return _np(pc.and_(valid, _outside(pc.utf8_length(col), kw.get("min_value"), kw.get("max_value"), kw)))
+    if kind == "expect_column_values_to_match_regex":
+        return _np(pc.and_(valid, pc.invert(pc.match_substring_regex(col, kw["regex"]))))
     if kind == "expect_column_values_to_be_in_set":
         return _np(pc.and_(valid, pc.invert(pc.is_in(col, value_set=pa.array(kw["value_set"], col.type)))))
     raise NotImplementedError(f"expectation {kind} has no Arrow compilation; supported: {', '.join(SUPPORTED)}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from pipeline.broker import EmbeddedBroker
 from pipeline.decode import RawBatch
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a window boundary for any window that divides a day
@@ -57,6 +59,23 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     ckpt.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def session_broker() -> Iterator[EmbeddedBroker]:
+    """One embedded broker for the session's robustness tests (issue 4), each on its own topic prefix:
+    stopping a broker that clients have talked to takes it about 5 s."""
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def prefect_session() -> Iterator[None]:
+    """One Prefect test server for the session's robustness tests (issue 4); starting one costs ~9 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
 
 
 def lake_rows(lake: Path) -> dict[str, list[tuple]]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,17 @@ TRIALS = int(os.environ.get("KILL_TRIALS", "2"))
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
-        yield b
+def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return session_broker
 
 
 def run(bootstrap: str, lake: Path, group: str) -> subprocess.Popen[bytes]:
+    from prefect.settings import PREFECT_API_URL
+
     env = {**os.environ, "VITALSTREAM_TOPIC_PREFIX": "kill.", "VITALSTREAM_MAX_BATCH_RECORDS": "4000"}
+    # The session's Prefect test server: a run started without one starts its own (5-12 s each); killing a
+    # run leaves its flow run marked running there, which matters to nobody.
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
     return subprocess.Popen(
         [*cmd, "--group", group, "--drain"],
@@ -56,7 +59,9 @@ def checkpointed_batches(lake: Path, group: str) -> int:
     return int(meta.get("seq", 0))
 
 
-def test_killed_and_restarted_runs_leave_the_same_lake_as_one_clean_run(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_killed_and_restarted_runs_leave_the_same_lake_as_one_clean_run(
+    broker: EmbeddedBroker, prefect_session: None, tmp_path: Path
+) -> None:
     kafka = KafkaSettings(broker.bootstrap, topic_prefix="kill.", partitions=3)
     ensure_topics(kafka)
     prod = producer(kafka)
