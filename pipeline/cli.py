@@ -229,7 +229,12 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(
-        args, bootstrap=args.bootstrap, lake=args.lake, group=args.group, scoring_engine=args.engine, instance=args.instance
+        args,
+        bootstrap=args.bootstrap,
+        lake=args.lake,
+        group=args.group,
+        scoring_engine=args.engine,
+        instance=args.instance,
     )
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
