@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -14,6 +15,25 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.decode import RawBatch
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a window boundary for any window that divides a day
+
+
+def canonical_readings(stream: str, times_min: list[float], values: list[float], patient: str = "P1") -> pa.Table:
+    """Readings as the decoder emits them (one stream, minutes after T0), for event and label tests."""
+    n = len(values)
+    return pa.table(
+        {
+            "patient_id": [patient] * n,
+            "device_id": ["d"] * n,
+            "stream": [stream] * n,
+            "event_time": pa.array([int(T0 + t * 60_000) for t in times_min], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "value": pa.array(values, pa.float64()),
+            "fall_confidence": pa.nulls(n, pa.float64()),
+            "impact_g": pa.nulls(n, pa.float64()),
+            "censored": [False] * n,
+        }
+    )
 
 
 def raw_batch(

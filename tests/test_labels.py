@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 from conftest import T0
+from conftest import canonical_readings as readings
 
 from models.labels import window_labels
 from models.lstm import HEADS
 from pipeline.simulate import detect_events
 
 MIN = 60_000
-
-
-def readings(stream: str, times_min: list[float], values: list[float], patient: str = "P1") -> pa.Table:
-    n = len(values)
-    return pa.table(
-        {
-            "patient_id": [patient] * n,
-            "device_id": ["d"] * n,
-            "stream": [stream] * n,
-            "event_time": pa.array([int(T0 + t * MIN) for t in times_min], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            "value": pa.array(values, pa.float64()),
-            "fall_confidence": pa.nulls(n, pa.float64()),
-            "impact_g": pa.nulls(n, pa.float64()),
-            "censored": [False] * n,
-        }
-    )
 
 
 def events_of(t: pa.Table) -> list[tuple[str, float, float]]:

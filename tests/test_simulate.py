@@ -5,29 +5,12 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from conftest import T0
+from conftest import canonical_readings as readings
 
 from pipeline.simulate import SimulationConfig, detect_events, encode, simulate
 
-T0 = 1_795_305_600_000
 MIN = 60_000
-
-
-def readings(stream: str, times_min: list[float], values: list[float], patient: str = "P1") -> pa.Table:
-    n = len(values)
-    return pa.table(
-        {
-            "patient_id": [patient] * n,
-            "device_id": ["d"] * n,
-            "stream": [stream] * n,
-            "event_time": pa.array([int(T0 + t * MIN) for t in times_min], pa.int64()).cast(
-                pa.timestamp("ms", tz="UTC")
-            ),
-            "value": pa.array(values, pa.float64()),
-            "fall_confidence": pa.nulls(n, pa.float64()),
-            "impact_g": pa.nulls(n, pa.float64()),
-            "censored": [False] * n,
-        }
-    )
 
 
 def conditions(t: pa.Table) -> list[tuple[str, int]]:
