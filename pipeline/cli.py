@@ -37,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vitalstream: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `vitalstream config | head`: the reader left; silence the flush at exit instead of a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:

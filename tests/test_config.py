@@ -51,3 +51,14 @@ def test_operations_settings_are_checked() -> None:
         load_settings(env={"VITALSTREAM_COMPACT_TARGET_MB": "0"})
     with pytest.raises(ConfigError):
         load_settings(env={"VITALSTREAM_ARTIFACT_TOP_PATIENTS": "many"})
+
+
+def test_output_cut_short_by_a_pipe_reader_gives_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        f"{sys.executable} -m pipeline.cli config | head -1", shell=True, capture_output=True, text=True, timeout=60
+    )
+    assert r.stdout.startswith("bootstrap")
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
