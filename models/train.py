@@ -11,8 +11,8 @@ shipped checkpoint only when it beats it on the same test windows (flows/trainin
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +28,7 @@ from torch import nn
 
 from models import evaluate as ev
 from models.labels import window_labels
-from models.lstm import CONDITIONS, DEFAULT_CHECKPOINT, HEADS, MODEL_FEATURES, Checkpoint, LSTMConfig, RiskLSTM
+from models.lstm import CONDITIONS, HEADS, MODEL_FEATURES, Checkpoint, LSTMConfig, RiskLSTM
 from pipeline.features import window_features
 from pipeline.score import FORECAST_VITALS, feature_matrix, model_inputs, sequences
 from pipeline.simulate import PROFILES, SimulationConfig, simulate
@@ -347,7 +347,8 @@ def foreseeable(
     onset = test.events.column("onset").cast(pa.int64()).to_numpy()
     who = np.asarray(test.events.column("patient_id").to_pylist())
     counted = np.array(
-        [((patient == p) & (t_end < o) & (t_end >= o - h_ms)).any() for p, o in zip(who, onset, strict=True)]
+        [((patient == p) & (t_end < o) & (t_end >= o - h_ms)).any() for p, o in zip(who, onset, strict=True)],
+        dtype=bool,  # a test set with no events must still index (an empty float array cannot)
     )
     uncapped = test.events.column("precursor_minutes").to_numpy()[counted]
     lead = np.minimum(uncapped, h_ms / ev.MINUTE_MS)
@@ -680,26 +681,14 @@ def pictures(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vitalstream train", description="Train the risk LSTM on simulated patients.")
-    defaults = TrainConfig()
-    ap.add_argument("--patients", type=int, default=defaults.patients)
-    ap.add_argument("--hours", type=float, default=defaults.hours)
-    ap.add_argument("--epochs", type=int, default=defaults.epochs)
-    ap.add_argument("--seed", type=int, default=defaults.seed)
-    ap.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
-    ap.add_argument("--force", action="store_true", help="replace the checkpoint at --out even if it is better")
-    args = ap.parse_args(argv)
-    from flows.training import training_flow
-
-    result = training_flow(
-        patients=args.patients, hours=args.hours, epochs=args.epochs, seed=args.seed, out=args.out, force=args.force
-    )
+def print_result(result: dict[str, Any]) -> None:
+    """What `vitalstream train` prints: the targets, the promotion verdict and where the checkpoint went."""
     print(json.dumps(result["metrics"]["targets"], indent=1))
     print(f"{'promoted' if result['promoted'] else 'NOT promoted'}: {result['reason']}")
     print(f"saved {result['path']} ({Path(result['path']).stat().st_size / 1024:.0f} KiB), version {result['version']}")
-    return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m models.train ...` is `vitalstream train ...`
+    from pipeline.cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))

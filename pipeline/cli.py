@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict[str, Any], settings: Any) -> None:
-    from pipeline.query import top_patients
+    from pipeline.query import latest_risk
 
     q = s["quarantined"]
     rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
@@ -305,11 +305,11 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
         detail = ", ".join(f"{k} {v:,}" for k, v in r["failed"].items())
         status = "all as expected" if r["success"] else f"unexpected rows (quarantined): {detail}"
         print(f"  great expectations {suite}: {r['rows']:,} rows checked, {status}")
-    rows = top_patients(settings.lake)
+    rows = latest_risk(settings.lake, limit=5)
     if rows:
         print("\nhighest-risk patients (latest window):")
-        for pid, end, score, level in rows:
-            print(f"  {pid:<12} {end:%Y-%m-%d %H:%M} UTC  risk {score:.3f}  {level}")
+        for r in rows:
+            print(f"  {r['patient_id']:<12} {r['window_end_utc']} UTC  risk {r['risk_score']:.3f}  {r['risk_level']}")
     print(f"\noutputs under {settings.lake.resolve()}/: risk_scores/, windows/, quarantine/ (Parquet, by date)")
     print(f'  try: vitalstream query "SELECT risk_level, count(*) FROM risk_scores GROUP BY 1" --lake {settings.lake}')
 
@@ -334,13 +334,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models import train
+    from flows.training import training_flow
+    from models.lstm import DEFAULT_CHECKPOINT
+    from models.train import print_result
 
-    argv = ["--patients", str(args.patients), "--hours", str(args.hours), "--epochs", str(args.epochs)]
-    argv += ["--seed", str(args.seed)] + (["--out", str(args.out)] if args.out else [])
-    argv += ["--force"] if args.force else []
-    rc: int = train.main(argv) or 0
-    return rc
+    out = args.out or DEFAULT_CHECKPOINT
+    print_result(training_flow(args.patients, args.hours, args.epochs, args.seed, out, args.force))
+    return 0
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -452,13 +452,14 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 def _demo_report(settings: Any) -> None:
     """The demo ends with a picture: the report of the patient whose latest risk is highest."""
-    from pipeline.query import top_patients
+    from pipeline.query import latest_risk
     from pipeline.report import write_report
 
-    top = top_patients(settings.lake, limit=1)
+    top = latest_risk(settings.lake, limit=1)
     if top:
-        page, png = write_report(settings.lake, top[0][0], settings.report_hours, None, settings.levels())
-        print(f"\nreport of the highest-risk patient {top[0][0]}: {page}\n  picture: {png}")
+        patient = top[0]["patient_id"]
+        page, png = write_report(settings.lake, patient, settings.report_hours, None, settings.levels())
+        print(f"\nreport of the highest-risk patient {patient}: {page}\n  picture: {png}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

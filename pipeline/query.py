@@ -22,26 +22,6 @@ def connect(lake: Path) -> Any:
     return con
 
 
-def top_patients(lake: Path, limit: int = 5) -> list[tuple[Any, ...]]:
-    """Each patient's latest score, highest first."""
-    con = connect(lake)
-    try:
-        rows: list[tuple[Any, ...]] = con.execute(
-            """
-            SELECT patient_id, window_end, round(risk_score, 3) AS risk_score, risk_level
-            FROM risk_scores
-            QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
-            ORDER BY risk_score DESC, patient_id LIMIT ?
-            """,
-            [limit],
-        ).fetchall()
-        return rows
-    except Exception:  # no risk_scores yet
-        return []
-    finally:
-        con.close()
-
-
 def latest_risk(lake: Path, limit: int = 10, recent_dates: int = 2) -> list[dict[str, Any]]:
     """Each patient's latest window score with the per-condition probabilities, highest first; only the
     newest `recent_dates` date partitions are read, so the cost does not grow with the lake's history

@@ -191,3 +191,16 @@ def test_a_jump_no_threshold_describes_is_flagged_as_an_anomaly() -> None:
         scores.column("heart_rate_bpm_forecast_high")[5].as_py(),
     )
     assert low < 72 < high
+
+
+def test_vitalstream_train_runs_a_tiny_configuration_end_to_end(tmp_path: Path) -> None:
+    """The CLI path (flow, promotion, card, pictures) on a test set too small to hold any event."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "risk_lstm.pt"
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--patients", "20", "--hours", "2", "--epochs", "1"]
+    r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "promoted" in r.stdout and out.exists() and (tmp_path / "model_card.md").exists()
+    assert load_checkpoint(out).version in r.stdout
