@@ -154,14 +154,20 @@ def _scan(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     ok[ok] &= data[starts[ok]] == ord("{")
     breaks = np.flatnonzero((data == 10) | (data == 13))
     ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
-    # Arrow's reader does not check UTF-8 inside strings: a message with non-ASCII bytes (rare) is checked
-    # here, and one that is not valid UTF-8 goes to the exact path, which names the fault.
+    # Arrow's reader does not check UTF-8 inside strings: messages with non-ASCII bytes are checked here in
+    # one cast (which validates UTF-8); only if that fails are they checked one by one, and the invalid ones
+    # go to the exact path, which names the fault.
     non_ascii = np.unique(np.searchsorted(offsets, np.flatnonzero(data >= 0x80), side="right") - 1)
-    for i in non_ascii[ok[non_ascii]].tolist():
+    suspects = non_ascii[ok[non_ascii]]
+    if len(suspects):
         try:
-            data[offsets[i] : offsets[i + 1]].tobytes().decode("utf-8")
-        except UnicodeDecodeError:
-            ok[i] = False
+            arr.take(pa.array(suspects)).cast(pa.string())
+        except pa.ArrowInvalid:
+            for i in suspects.tolist():
+                try:
+                    data[offsets[i] : offsets[i + 1]].tobytes().decode("utf-8")
+                except UnicodeDecodeError:
+                    ok[i] = False
     quote = np.flatnonzero(data[: max(len(data) - 5, 0)] == ord('"'))
     for k, ch in enumerate(b'ts":"', start=1):
         quote = quote[data[quote + k] == ch]

@@ -124,3 +124,20 @@ def test_key_and_provenance_columns() -> None:
     assert t.column("key").to_pylist() == ["P1", "P2"]
     assert t.column("offset").to_pylist() == [0, 1]
     assert np.allclose(t.column("clock_skew_s").to_numpy(), [5.0, 4.0])
+
+
+@pytest.mark.parametrize("with_invalid", [False, True])
+def test_non_ascii_text_is_kept_and_only_invalid_utf8_inside_a_string_is_rejected(with_invalid: bool) -> None:
+    # valid UTF-8 beyond ASCII (raw bytes, not \u escapes): the bulk path takes it
+    values = [
+        hr(i, device_id="hr-café-Ü").replace(b"\\u00e9", "é".encode()).replace(b"\\u00dc", "Ü".encode())
+        for i in range(500)
+    ]
+    assert b"\xc3\xa9" in values[0]
+    if with_invalid:
+        values[123] = b'{"patient_id":"P1","device_id":"hr-\xff","ts":1,"heart_rate_bpm":70}'
+    d = decode(raw_batch("heart_rate", values), stream_contract("heart_rate"))
+    assert len(d.table) == 500 - with_invalid
+    assert set(d.table.column("device_id").to_pylist()) == {"hr-café-Ü"}
+    assert d.rejected_src.tolist() == ([123] if with_invalid else [])
+    assert list(d.rejected_reason) == (["not_utf8"] if with_invalid else [])
