@@ -51,6 +51,7 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.peak_kib, self.stop = pid, 0, threading.Event()
         self.by_process: dict[str, int] = {}  # role -> peak KiB
+        self.cpu_ticks: dict[int, tuple[str, int]] = {}  # pid -> (role, user + system clock ticks, last seen)
 
     def run(self) -> None:
         root_cmd = _cmdline(self.pid)
@@ -62,6 +63,16 @@ class RssSampler(threading.Thread):
             for p, kib in rss.items():
                 role = "scoring process" if p == self.pid else _role(p)
                 self.by_process[role] = max(self.by_process.get(role, 0), kib)
+                ticks = _cpu_ticks(p)
+                if ticks:
+                    self.cpu_ticks[p] = (role, ticks)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) per role, as last seen before each process ended."""
+        out: dict[str, float] = {}
+        for role, ticks in self.cpu_ticks.values():
+            out[role] = out.get(role, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+        return out
 
 
 def _tree(pid: int) -> list[int]:
@@ -88,6 +99,14 @@ def _role(pid: int) -> str:
         if needle in cmd:
             return role
     return "Prefect local server" if "prefect" in cmd or "uvicorn" in cmd else "other"
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _rss_kib(pid: int) -> int:
@@ -176,6 +195,9 @@ def main() -> None:
                 continue  # short-lived helpers (a shell, a compiler probe)
             print(f"{'peak RSS, ' + role:<38}{kib / 1024:>12,.0f} MiB")
         print(f"{'peak RSS, all of them at once':<38}{sampler.peak_kib / 1024:>12,.0f} MiB")
+        for role, sec in sorted(sampler.cpu_seconds().items(), key=lambda kv: -kv[1]):
+            if sec >= 0.5:
+                print(f"{'CPU time, ' + role:<38}{sec:>12,.1f} s")
         print(
             f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "
             f"{sum(s['quarantined'].values()):,}   balanced={s['balanced']}"

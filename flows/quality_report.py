@@ -1,5 +1,10 @@
-"""The data-quality report flow: rebuild the Great Expectations Data Docs site from the kept validation
-results (see pipeline.datadocs) and publish a summary of the latest run per suite. Served daily."""
+"""Data quality with Great Expectations, outside the scoring runs.
+
+- `vitalstream-validate` has Great Expectations validate every sample that scoring runs wrote and nobody
+  validated yet (pipeline.quality), and publishes the verdicts. Served every few minutes; `vitalstream run`
+  and `demo` call it when their scoring run ends.
+- `vitalstream-quality-report` validates what is pending, then rebuilds the Data Docs site from the kept
+  results (pipeline.datadocs) and publishes the latest verdict per suite. Served daily."""
 
 from __future__ import annotations
 
@@ -13,6 +18,33 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Settings, load_settings
 from pipeline.datadocs import DataDocsSite, build_data_docs, kept_results, suite_names
+from pipeline.quality import validate_pending
+
+
+@task(name="validate-samples", cache_policy=NO_CACHE)
+def validate_samples(lake: Path) -> list[dict[str, Any]]:
+    return validate_pending(lake)
+
+
+@flow(name="vitalstream-validate", validate_parameters=False)
+def validation_flow(lake: str | None = None, config: str | None = None) -> list[dict[str, Any]]:
+    """Great Expectations on every pending sample; one summary per sample validated."""
+    settings = load_settings(Path(config) if config else None).with_overrides(lake=Path(lake) if lake else None)
+    done = validate_samples(settings.lake)
+    if done:
+        create_table_artifact(
+            key="vitalstream-validation",
+            table=[{k: r[k] for k in ("suite", "sample", "rows", "success")} | {"failed": r["failed"]} for r in done],
+            description="Great Expectations on the samples scoring runs wrote",
+        )
+    failed = [f"{r['suite']} ({r['sample']})" for r in done if not r["success"]]
+    get_run_logger().info(
+        "Great Expectations validated %d sample(s); %d with unexpected rows%s",
+        len(done),
+        len(failed),
+        ": " + ", ".join(failed) if failed else "",
+    )
+    return done
 
 
 @task(name="build-data-docs", retries=2, retry_delay_seconds=[5, 60], cache_policy=NO_CACHE)
@@ -50,6 +82,7 @@ def latest_verdicts(lake: Path) -> list[dict[str, Any]]:
 @flow(name="vitalstream-quality-report", validate_parameters=False)
 def quality_report_flow(lake: str | None = None, config: str | None = None) -> dict[str, Any]:
     settings = load_settings(Path(config) if config else None).with_overrides(lake=Path(lake) if lake else None)
+    validate_samples(settings.lake)  # whatever the validate deployment has not reached yet
     site = build_site(settings)
     rows = latest_verdicts(settings.lake)
     create_table_artifact(key="vitalstream-data-quality", table=rows, description="Latest validation per suite")

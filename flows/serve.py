@@ -5,6 +5,7 @@ work pool with `prefect deploy` (see prefect.yaml).
 |-------------------|-------------------------------|---------------------------|
 | scoring           | vitalstream-scoring           | every minute              |
 | compaction        | vitalstream-compaction        | hourly                    |
+| validate          | vitalstream-validate          | every 5 minutes           |
 | quality-report    | vitalstream-quality-report    | daily 06:30 UTC           |
 | retraining        | vitalstream-train             | nightly 02:00 UTC         |
 
@@ -26,7 +27,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.compaction import compaction_flow
-from flows.quality_report import quality_report_flow
+from flows.quality_report import quality_report_flow, validation_flow
 from flows.scoring import scoring_flow
 from flows.training import training_flow
 from pipeline.config import Settings, load_settings
@@ -68,6 +69,13 @@ def deployments(settings: Settings, config_file: Path | None = None) -> list[Run
     specs: list[tuple[Any, str, str, dict[str, Any], str]] = [
         (scheduled_scoring, "scoring", settings.score_cron, scoring_params, "Consume, score and write the lake"),
         (compaction_flow, "compaction", settings.compact_cron, common, "Merge small Parquet files"),
+        (
+            validation_flow,
+            "validate",
+            settings.validate_cron,
+            common,
+            "Great Expectations on the samples scoring runs wrote",
+        ),
         (quality_report_flow, "quality-report", settings.quality_cron, common, "Rebuild the Data Docs"),
         (
             training_flow,

@@ -264,6 +264,11 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_expected_tracebacks)
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
+    # Great Expectations on the run's sample: its own flow run, after the scoring run's consumer has gone
+    # (a deployment every few minutes under `vitalstream serve`).
+    from flows.quality_report import validation_flow
+
+    result["validation"] = validation_flow(lake=str(settings.lake.resolve()))
     return result
 
 
@@ -302,9 +307,11 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
     check = "holds" if s["balanced"] else "DOES NOT HOLD"
     print(f"  accounting {check}: consumed = in windows + duplicates + quarantined + change in open")
     for suite, r in sorted(s.get("quality", {}).items()):
+        print(f"  suite {suite}: {r['checked']:,} rows checked in Arrow, {r['failed']:,} unexpected (quarantined)")
+    for r in s.get("validation", []):
         detail = ", ".join(f"{k} {v:,}" for k, v in r["failed"].items())
         status = "all as expected" if r["success"] else f"unexpected rows (quarantined): {detail}"
-        print(f"  great expectations {suite}: {r['rows']:,} rows checked, {status}")
+        print(f"  great expectations {r['suite']} (sample {r['sample']}): {r['rows']:,} rows, {status}")
     rows = latest_risk(settings.lake, limit=5)
     if rows:
         print("\nhighest-risk patients (latest window):")
@@ -377,13 +384,14 @@ def _bar(total: int, desc: str) -> Any:
 
 def _add_operations_commands(sub: Any) -> None:
     sv = sub.add_parser(
-        "serve", help="serve the scheduled Prefect deployments (scoring, compaction, quality report, retraining)"
+        "serve",
+        help="serve the scheduled Prefect deployments (scoring, compaction, validate, quality report, retraining)",
     )
     sv.add_argument("--bootstrap", help="Kafka bootstrap address for the scoring deployment")
     sv.add_argument("--lake", type=Path)
     sv.add_argument("--list", action="store_true", help="print the deployments and their schedules, serve nothing")
     sv.add_argument(
-        "--only", help="comma-separated deployments to serve, e.g. compaction,quality-report (default: all four)"
+        "--only", help="comma-separated deployments to serve, e.g. compaction,quality-report (default: all five)"
     )
     sv.set_defaults(handler=cmd_serve)
 
@@ -391,7 +399,9 @@ def _add_operations_commands(sub: Any) -> None:
     cp.add_argument("--lake", type=Path)
     cp.set_defaults(handler=cmd_compact)
 
-    qa = sub.add_parser("quality", help="rebuild the Great Expectations Data Docs site from the kept validations")
+    qa = sub.add_parser(
+        "quality", help="validate pending samples with Great Expectations, then rebuild the Data Docs site"
+    )
     qa.add_argument("--lake", type=Path)
     qa.set_defaults(handler=cmd_quality)
 
@@ -440,8 +450,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from pipeline.datadocs import build_data_docs
+    from pipeline.quality import validate_pending
 
     settings = _settings(args, lake=args.lake)
+    validated = validate_pending(settings.lake)
+    if validated:
+        print(f"Great Expectations validated {len(validated)} pending sample(s) first")
     site = build_data_docs(settings.lake, settings.quality_docs_runs)
     print(
         f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"

@@ -47,6 +47,7 @@ class Settings:
     # issue 5: operations
     score_cron: str = "* * * * *"
     compact_cron: str = "0 * * * *"
+    validate_cron: str = "*/5 * * * *"
     quality_cron: str = "30 6 * * *"
     retrain_cron: str = "0 2 * * *"
     schedule_timezone: str = "UTC"
@@ -133,11 +134,12 @@ SETTING_DOCS: dict[str, str] = {
     "risk_high": "calibrated probability at which risk_level becomes high",
     "model_path": "an alternative .pt checkpoint (default: the shipped one)",
     "max_batch_records": "messages per micro-batch",
-    "quality_sample_rows": "rows per suite and run that Great Expectations itself validates",
+    "quality_sample_rows": "rows per suite and sample that Great Expectations validates (failing rows first)",
     "connect_timeout_s": "how long to wait for the broker before failing",
     "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",
     "score_cron": "`vitalstream serve`: when the scoring deployment runs (cron)",
     "compact_cron": "`vitalstream serve`: when Parquet compaction runs (cron)",
+    "validate_cron": "`vitalstream serve`: when Great Expectations validates the samples scoring runs wrote (cron)",
     "quality_cron": "`vitalstream serve`: when the data-quality report (Data Docs) is rebuilt (cron)",
     "retrain_cron": "`vitalstream serve`: when the model is retrained (cron); writes a candidate checkpoint",
     "schedule_timezone": "time zone the cron schedules are read in",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from pipeline.contract import STREAMS, readings_suite_name, stream_contract
 from pipeline.decode import RawBatch, decode, to_readings
 from pipeline.features import PARTIAL_SCHEMA, READINGS_SCHEMA
 from pipeline.privacy import pseudonymise_columns
-from pipeline.quality import validate_file, write_sample
+from pipeline.quality import write_sample
 from pipeline.score import HISTORY_SCHEMA, Scorer
 from pipeline.validate import route
 from pipeline.window import DedupeIndex, WindowConfig, WindowState, step
@@ -108,9 +108,6 @@ class EngineConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     quality_sample_rows: int = 20_000  # rows per suite and run that Great Expectations itself validates
     pseudonym_key: bytes | None = None  # set: patient and device ids are pseudonymised in everything written
-
-
-Validator = Callable[[str, Path, Path], dict[str, Any]]  # (suite, sample Parquet, result JSON) -> summary
 
 
 def use_jemalloc() -> None:
@@ -261,21 +258,27 @@ class Engine:
         tables = {"open": self.state.open, "history": self.history, **dedupe}
         sink.save_state(self.cfg.lake, self.cfg.group, tables, meta)
 
-    def validate_quality(self, run_id: str, validator: Validator | None = None) -> dict[str, dict[str, Any]]:
-        """Run Great Expectations on this run's sample of every suite; store and return the summaries."""
-        return self.quality.validate(self.cfg.lake / "_quality", run_id, validator)
+    def write_quality_sample(self, sample_id: str) -> dict[str, dict[str, Any]]:
+        """Write the sample of every suite for Great Expectations (see pipeline.quality.validate_pending) and
+        return, per suite, what the Arrow-compiled rules found on every row since the last sample."""
+        return self.quality.write(self.cfg.lake / "_quality", sample_id)
 
 
 class QualitySample:
     """A bounded, per-suite sample of validated rows: every failed row first, then a deterministic stride
-    over passing rows. Great Expectations validates the sample once per run; routing covers every row."""
+    over passing rows. Routing applies the Arrow-compiled suites to every row; Great Expectations itself
+    validates the written sample afterwards, outside the scoring run (pipeline.quality.validate_pending)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.tables: dict[str, list[pa.Table]] = {}
-        self.rows: Counter[str] = Counter()
+        self.rows: Counter[str] = Counter()  # rows in the sample
+        self.checked: Counter[str] = Counter()  # rows the Arrow-compiled suite checked
+        self.failed: Counter[str] = Counter()  # of those, rows with an unexpected value
 
     def add(self, suite: str, table: pa.Table, failed: np.ndarray) -> None:
+        self.checked[suite] += len(table)
+        self.failed[suite] += int(np.count_nonzero(failed))
         room = self.cap - self.rows[suite]
         if room <= 0 or len(table) == 0:
             return
@@ -287,18 +290,26 @@ class QualitySample:
         self.tables.setdefault(suite, []).append(part)
         self.rows[suite] += len(part)
 
-    def validate(self, out_dir: Path, run_id: str, validator: Validator | None = None) -> dict[str, dict[str, Any]]:
-        """Write each suite's sample to out_dir/<suite>/<run_id>.parquet and have Great Expectations validate
-        it (result beside it as .json); `validator` defaults to this process."""
+    def write(self, out_dir: Path, sample_id: str) -> dict[str, dict[str, Any]]:
+        """Write each suite's sample to out_dir/<suite>/<sample_id>.parquet (Great Expectations' result will
+        go beside it as .json) and start a new sample. Returns per suite: rows checked and failed by the
+        Arrow-compiled rules, rows sampled, and the sample's path."""
         summaries: dict[str, dict[str, Any]] = {}
         for suite, parts in self.tables.items():
             table = pa.concat_tables(parts)
             drop = [c for c in ("src",) if c in table.column_names]
-            sample = out_dir / suite / f"{run_id}.parquet"
+            sample = out_dir / suite / f"{sample_id}.parquet"
             write_sample(table.drop_columns(drop), sample)
-            summaries[suite] = (validator or validate_file)(suite, sample, sample.with_suffix(".json"))
+            summaries[suite] = {
+                "checked": self.checked[suite],
+                "failed": self.failed[suite],
+                "sampled": len(table),
+                "sample": str(sample),
+            }
         self.tables.clear()
         self.rows.clear()
+        self.checked.clear()
+        self.failed.clear()
         return summaries
 
 

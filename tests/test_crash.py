@@ -1,4 +1,4 @@
-"""Kill the scoring run (SIGKILL to its whole process group: scoring, consumer, quality helper, Prefect's
+"""Kill the scoring run (SIGKILL to its whole process group: scoring, consumer, Prefect's
 server) at random points, restart it, and compare the lake with an uninterrupted run over the same topics.
 
 `make test` runs KILL_TRIALS=2; `make soak` runs more. Each trial waits until the run has checkpointed at

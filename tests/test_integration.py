@@ -80,7 +80,19 @@ def test_end_to_end_accounting_and_resume(broker: EmbeddedBroker, prefect: None,
     assert by_reason == q
     row = quarantine.slice(0, 1).to_pylist()[0]
     assert row["topic"].startswith(prefix) and row["offset"] >= 0 and row["value"] is not None
-    assert s["quality"] and all(r["rows"] > 0 for r in s["quality"].values())
+    assert s["quality"] and all(r["checked"] >= r["sampled"] > 0 for r in s["quality"].values())
+
+    # Great Expectations validates the run's samples in its own flow, once each, and agrees with the
+    # Arrow-compiled rules: a suite's sample fails exactly when the run found unexpected rows in it.
+    from flows.quality_report import validation_flow
+
+    validated = validation_flow(lake=str(settings.lake))
+    assert {r["suite"] for r in validated} == set(s["quality"])
+    for r in validated:
+        assert r["rows"] == s["quality"][r["suite"]]["sampled"]
+        assert r["success"] == (s["quality"][r["suite"]]["failed"] == 0), r
+        assert Path(r["path"]).exists()
+    assert validation_flow(lake=str(settings.lake)) == []  # nothing left pending
 
     # Produce more and run again in the same group: only the new messages are read.
     more = produce_simulation(broker.bootstrap, prefix, SimulationConfig(patients=3, hours=0.2, seed=12, start_ms=None))

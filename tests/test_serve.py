@@ -31,12 +31,14 @@ def test_deployments_have_the_schedules_entrypoints_and_parameters_of_their_flow
     assert crons == {
         "scoring": ["* * * * *"],
         "compaction": ["15 * * * *"],
+        "validate": ["*/5 * * * *"],
         "quality-report": ["30 6 * * *"],
         "retraining": ["0 2 * * *"],
     }
     flows = {
         "scoring": "vitalstream-scoring",
         "compaction": "vitalstream-compaction",
+        "validate": "vitalstream-validate",
         "quality-report": "vitalstream-quality-report",
         "retraining": "vitalstream-train",
     }
