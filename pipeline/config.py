@@ -40,7 +40,7 @@ class Settings:
     risk_medium: float = 0.2  # calibrated probability at which risk_level becomes "medium"
     risk_high: float = 0.5
     model_path: Path | None = None  # None: the shipped checkpoint
-    max_batch_records: int = 200_000
+    max_batch_records: int = 50_000
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
@@ -133,7 +133,7 @@ SETTING_DOCS: dict[str, str] = {
     "risk_medium": "calibrated probability at which risk_level becomes medium",
     "risk_high": "calibrated probability at which risk_level becomes high",
     "model_path": "an alternative .pt checkpoint (default: the shipped one)",
-    "max_batch_records": "messages per micro-batch",
+    "max_batch_records": "most messages per micro-batch (measured: 50k as fast as 200k, with less memory)",
     "quality_sample_rows": "rows per suite and sample that Great Expectations validates (failing rows first)",
     "connect_timeout_s": "how long to wait for the broker before failing",
     "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",

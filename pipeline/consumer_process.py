@@ -33,7 +33,7 @@ from pipeline.kafka_io import KafkaSettings, StreamConsumer
 
 
 class ConsumerProcess:
-    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 200_000) -> None:
+    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000) -> None:
         self.settings = settings
         self._args = (settings, group, max_batch_records)
         self._offsets: dict[str, int] = {}

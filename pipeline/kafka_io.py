@@ -207,7 +207,7 @@ def produce(
 class StreamConsumer:
     """One consumer in a group over the four topics, yielding micro-batches as RawBatches per topic."""
 
-    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 200_000) -> None:
+    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000) -> None:
         self.settings = settings
         self.group = group
         self.max_batch_records = max_batch_records
@@ -296,8 +296,9 @@ class StreamConsumer:
             return False
 
     def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
-        """Poll until `max_batch_records` or the input runs dry; one RawBatch per topic."""
-        by_topic: dict[str, list[Any]] = {}
+        """Poll until `max_batch_records` or the input runs dry; one RawBatch per topic. Each poll's records
+        become Arrow/NumPy columns at once, so at most one poll's record objects are alive at a time."""
+        by_topic: dict[str, list[RawBatch]] = {}
         total = 0
         while total < self.max_batch_records:
             got = self.consumer.poll(
@@ -306,24 +307,26 @@ class StreamConsumer:
             if not got:
                 break
             for tp, records in got.items():
-                by_topic.setdefault(tp.topic, []).extend(records)
+                by_topic.setdefault(tp.topic, []).append(self._raw(tp, records))
                 total += len(records)
                 # After a rebalance (a broker outage can expire the session) resume here, not at the group's
                 # committed offset, which may trail the messages already handed to the pipeline.
                 self._seek_to[tp] = max(self._seek_to.get(tp, 0), records[-1].offset + 1)
-        return [self._raw(topic, recs) for topic, recs in by_topic.items()]
+        return [_concat(parts) for parts in by_topic.values()]
 
-    def _raw(self, topic: str, recs: list[Any]) -> RawBatch:
+    def _raw(self, tp: TopicPartition, recs: list[Any]) -> RawBatch:
         n = len(recs)
+        headers = [r.headers for r in recs]
         return RawBatch(
-            stream=self.settings.stream_of(topic),
-            topic=topic,
+            stream=self.settings.stream_of(tp.topic),
+            topic=tp.topic,
             keys=pa.array([r.key for r in recs], pa.binary()),
             values=pa.array([r.value for r in recs], pa.binary()),
-            partitions=np.fromiter((r.partition for r in recs), dtype=np.int32, count=n),
-            offsets=np.fromiter((r.offset for r in recs), dtype=np.int64, count=n),
-            timestamps_ms=np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n),
-            headers={i: list(r.headers) for i, r in enumerate(recs) if r.headers},  # kept for the dead letters
+            partitions=np.full(n, tp.partition, dtype=np.int32),
+            offsets=np.fromiter([r.offset for r in recs], dtype=np.int64, count=n),
+            timestamps_ms=np.fromiter([r.timestamp for r in recs], dtype=np.int64, count=n),
+            # Kept for the dead letters; `any` scans in C, and headers are rare.
+            headers={i: list(h) for i, h in enumerate(headers) if h} if any(headers) else {},
         )
 
     def lagging(self) -> set[str]:
@@ -372,6 +375,27 @@ class StreamConsumer:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False, timeout_ms=3000)  # bounded: leaving a paused broker's group
+
+
+def _concat(parts: list[RawBatch]) -> RawBatch:
+    """One topic's RawBatches (one per partition and poll) as one."""
+    if len(parts) == 1:
+        return parts[0]
+    headers: dict[int, list[tuple[str, bytes]]] = {}
+    start = 0
+    for part in parts:
+        headers.update({start + i: h for i, h in part.headers.items()})
+        start += len(part)
+    return RawBatch(
+        stream=parts[0].stream,
+        topic=parts[0].topic,
+        keys=pa.concat_arrays([p.keys for p in parts]),
+        values=pa.concat_arrays([p.values for p in parts]),
+        partitions=np.concatenate([p.partitions for p in parts]),
+        offsets=np.concatenate([p.offsets for p in parts]),
+        timestamps_ms=np.concatenate([p.timestamps_ms for p in parts]),
+        headers=headers,
+    )
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
