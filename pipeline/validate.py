@@ -113,6 +113,8 @@ def _ge_context() -> Any:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    # This one sets its own level: it announced GE's temporary docs directory on every run.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     return ctx
