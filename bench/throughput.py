@@ -42,6 +42,9 @@ print(n / (time.perf_counter() - t0))
 """
 
 
+PREFECT_SERVER = "Prefect local server"
+
+
 class RssSampler(threading.Thread):
     """Samples the resident memory of a process tree from /proc (Linux): the peak of each process, and the
     peak of the tree's sum (scoring process + consumer process + Prefect's temporary local server, which a
@@ -52,6 +55,7 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kib, self.stop = pid, 0, threading.Event()
+        self.peak_run_kib = 0  # the run's own processes: all but Prefect's temporary server
         self.by_process: dict[str, int] = {}  # role -> peak KiB
         self.roles: dict[int, str] = {}  # pid -> role, once the process runs its own program
         self.cpu_ticks: dict[int, int] = {}  # pid -> user + system clock ticks, last seen
@@ -71,12 +75,14 @@ class RssSampler(threading.Thread):
                     if p in self.roles and (ticks := _cpu_ticks(p)):
                         self.cpu_ticks[p] = ticks
             i += 1
-            total = 0
+            total = own = 0
             for p, role in self.roles.items():
                 kib = _statm_rss_pages(p) * page_kib
                 total += kib
+                own += 0 if role == PREFECT_SERVER else kib
                 self.by_process[role] = max(self.by_process.get(role, 0), kib)
             self.peak_kib = max(self.peak_kib, total)
+            self.peak_run_kib = max(self.peak_run_kib, own)
         self.own_cpu_s = time.thread_time()
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -110,7 +116,7 @@ def _role(pid: int) -> str:
     cmd = _cmdline(pid)
     if "consumer_process" in cmd:
         return "consumer process"
-    return "Prefect local server" if "prefect" in cmd or "uvicorn" in cmd else "other"
+    return PREFECT_SERVER if "prefect" in cmd or "uvicorn" in cmd else "other"
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -198,6 +204,7 @@ def main() -> None:
             if kib < 64 * 1024 and role == "other":
                 continue  # short-lived helpers (a shell, a compiler probe)
             print(f"{'peak RSS, ' + role:<38}{kib / 1024:>12,.0f} MiB")
+        print(f"{'peak RSS, the run (scoring + consumer)':<38}{sampler.peak_run_kib / 1024:>12,.0f} MiB")
         print(f"{'peak RSS, all of them at once':<38}{sampler.peak_kib / 1024:>12,.0f} MiB")
         for role, sec in sorted(sampler.cpu_seconds().items(), key=lambda kv: -kv[1]):
             if sec >= 0.5:

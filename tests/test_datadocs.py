@@ -14,7 +14,7 @@ from models.lstm import load_checkpoint
 from pipeline.cli import main
 from pipeline.datadocs import build_data_docs, kept_results, suite_names
 from pipeline.engine import Engine, EngineConfig
-from pipeline.quality import validate_pending
+from pipeline.quality import pending_samples, validate_pending
 from pipeline.score import Scorer
 
 
@@ -78,3 +78,37 @@ def test_rebuild_follows_the_kept_results_and_the_cli(lake: Path, capsys: pytest
     assert "index.html" in capsys.readouterr().out
     pages = list((lake / "_quality" / "data_docs" / "validations" / "heart_rate_readings").rglob("*.html"))
     assert [p.relative_to(pages[0].parents[2]).parts[0] for p in pages] == ["20261122T001000Z-faulty"]
+
+
+def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A long run (--follow) writes a sample every few minutes: the run's totals add up over its samples,
+    every sample is validated once, and GE fails exactly the sample that holds the unexpected row."""
+    from flows.scoring import write_quality_sample
+
+    lake = tmp_path / "lake"
+    engine = Engine(EngineConfig(lake=lake, group="dq2"), Scorer(load_checkpoint(tiny_checkpoint)))
+
+    def batch(start_min: int, bad: bool) -> None:
+        ts = [T0 + (start_min * 60 + s) * 1000 for s in range(0, 600, 10)]
+        bpm = [900.0 if bad and i == 3 else 70.0 for i in range(len(ts))]
+        values: list[bytes | None] = [
+            json.dumps({"patient_id": "P1", "device_id": "hr-1", "ts": t, "heart_rate_bpm": b}).encode()
+            for t, b in zip(ts, bpm, strict=True)
+        ]
+        engine.write(engine.process([raw_batch("heart_rate", values, [b"P1"] * len(values), ts)]))
+
+    batch(0, bad=True)
+    first = write_quality_sample.fn(engine, {})
+    batch(10, bad=False)
+    totals = write_quality_sample.fn(engine, first)
+
+    hr = totals["heart_rate_readings"]
+    assert first["heart_rate_readings"]["checked"] == 60 and first["heart_rate_readings"]["failed"] == 1
+    assert (hr["checked"], hr["failed"], hr["sampled"]) == (120, 1, 120)
+    samples = {p for suite, p in pending_samples(lake) if suite == "heart_rate_readings"}
+    assert len(samples) == 2 and Path(hr["sample"]) in samples
+
+    validated = [r for r in validate_pending(lake) if r["suite"] == "heart_rate_readings"]
+    verdicts = {r["sample"]: r["success"] for r in validated}
+    assert verdicts == {Path(first["heart_rate_readings"]["sample"]).stem: False, Path(hr["sample"]).stem: True}
+    assert validate_pending(lake) == [] and pending_samples(lake) == []
