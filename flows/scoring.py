@@ -136,9 +136,10 @@ SAMPLE_EVERY_S = 300.0  # under --follow, how often the quality sample is writte
 
 def write_batch(engine: Engine, out: BatchOutput, logger: Any) -> None:
     """Parquet files, then the state checkpoint; retried twice (a full disk or a lake on a network mount can
-    recover). Not a Prefect task: a task run per micro-batch cost the run about 10 % of its throughput in
-    API calls and the server's bookkeeping, and under `--follow` it would add rows to Prefect's database
-    forever. A write is idempotent (same file names for the same batch), so a retry is safe."""
+    recover). Not a Prefect task: a task run per micro-batch (59 in a 10,000-patient run) cost API calls
+    and kept Prefect's server busy recording them (its CPU time fell from 5.2 to 3.6 s without them), and
+    under `--follow` it would add rows to Prefect's database forever. A write is idempotent (same file names
+    for the same batch), so a retry is safe."""
     for attempt, delay in enumerate((*WRITE_RETRY_DELAYS_S, None)):
         try:
             engine.write(out)
