@@ -26,7 +26,7 @@ from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.engine import BatchOutput, Engine, EngineConfig, Totals
-from pipeline.errors import BrokerUnavailable, ModelError
+from pipeline.errors import BrokerUnavailable, LakeNotWritable, ModelError
 from pipeline.kafka_io import DeadLetters, KafkaSettings, ensure_topics
 from pipeline.privacy import key_from_env
 from pipeline.score import Scorer
@@ -144,7 +144,7 @@ def write_batch(engine: Engine, out: BatchOutput, logger: Any) -> None:
         try:
             engine.write(out)
             return
-        except OSError as exc:
+        except (LakeNotWritable, OSError) as exc:  # the sink names the path in LakeNotWritable
             if delay is None:
                 raise
             logger.warning("writing batch %s failed (%s); retry %d in %.0f s", out.batch_id, exc, attempt + 1, delay)

@@ -240,3 +240,31 @@ def test_a_group_that_assigns_no_partitions_is_reported_within_the_timeout(broke
         stop.set()
         poller.join()
         hog.close()
+
+
+class _FlakyEngine:
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def write(self, out: object) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise LakeNotWritable("cannot write lake/windows/x.parquet: No space left on device")
+
+
+def test_a_batch_write_is_retried_twice_then_the_error_stands(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    import flows.scoring as scoring
+
+    monkeypatch.setattr(scoring, "WRITE_RETRY_DELAYS_S", (0.0, 0.0))
+    out = SimpleNamespace(batch_id="b1")
+    log = logging.getLogger("test")
+    recovers = _FlakyEngine(failures=2)
+    scoring.write_batch(recovers, out, log)  # type: ignore[arg-type]
+    assert recovers.calls == 3
+    broken = _FlakyEngine(failures=3)
+    with pytest.raises(LakeNotWritable, match="No space left"):
+        scoring.write_batch(broken, out, log)  # type: ignore[arg-type]
+    assert broken.calls == 3
