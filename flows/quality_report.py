@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Settings, load_settings
 from pipeline.datadocs import DataDocsSite, build_data_docs, kept_results, suite_names
-from pipeline.quality import validate_pending
+from pipeline.quality import prune, validate_pending
 
 
 @task(name="validate-samples", cache_policy=NO_CACHE)
@@ -83,6 +83,9 @@ def latest_verdicts(lake: Path) -> list[dict[str, Any]]:
 def quality_report_flow(lake: str | None = None, config: str | None = None) -> dict[str, Any]:
     settings = load_settings(Path(config) if config else None).with_overrides(lake=Path(lake) if lake else None)
     validate_samples(settings.lake)  # whatever the validate deployment has not reached yet
+    removed = prune(settings.lake, settings.quality_keep_days)
+    if removed:
+        get_run_logger().info("deleted %d quality files older than %g days", removed, settings.quality_keep_days)
     site = build_site(settings)
     rows = latest_verdicts(settings.lake)
     create_table_artifact(key="vitalstream-data-quality", table=rows, description="Latest validation per suite")

@@ -450,12 +450,15 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from pipeline.datadocs import build_data_docs
-    from pipeline.quality import validate_pending
+    from pipeline.quality import prune, validate_pending
 
     settings = _settings(args, lake=args.lake)
     validated = validate_pending(settings.lake)
     if validated:
         print(f"Great Expectations validated {len(validated)} pending sample(s) first")
+    removed = prune(settings.lake, settings.quality_keep_days)
+    if removed:
+        print(f"deleted {removed} quality files older than {settings.quality_keep_days:g} days (quality_keep_days)")
     site = build_data_docs(settings.lake, settings.quality_docs_runs)
     print(
         f"Data Docs: {site.index} ({site.validations} validation results of {site.suites} suites, {site.failed} failed)"

@@ -55,6 +55,7 @@ class Settings:
     report_hours: float = 24.0
     artifact_top_patients: int = 10
     quality_docs_runs: int = 200
+    quality_keep_days: float = 14.0
     # issue 3: model
     scoring_engine: str = "torch"  # "torch" or "onnx" (onnxruntime, as on an edge device)
     onnx_path: Path | None = (
@@ -146,7 +147,8 @@ SETTING_DOCS: dict[str, str] = {
     "compact_target_mb": "compaction merges a date partition's small files into files of about this size",
     "report_hours": "`vitalstream report`: hours shown, ending at the patient's last window",
     "artifact_top_patients": "rows of the highest-risk table each scoring run publishes as a Prefect artifact",
-    "quality_docs_runs": "newest validation runs per suite that the Data Docs site shows (older results stay on disk)",
+    "quality_keep_days": "days quality samples and GE results are kept (deleted by `quality`, daily report); 0: all",
+    "quality_docs_runs": "newest validation runs per suite the Data Docs site shows (older: see quality_keep_days)",
     "scoring_engine": "torch (PyTorch) or onnx (onnxruntime, as on an edge device); run/demo --engine",
     "onnx_path": "ONNX file for --engine onnx (default <model_path>.onnx if present, else exported in memory)",
     "dlq_topic": "dead-letter topic for every quarantined message (default <topic_prefix>dlq)",
@@ -230,9 +232,11 @@ def _coerce(s: Settings) -> Settings:
         or settings.report_hours <= 0
         or settings.artifact_top_patients < 1
         or settings.quality_docs_runs < 1
+        or settings.quality_keep_days < 0
     ):
         raise ConfigError(
-            "compact_target_mb and report_hours must be > 0, artifact_top_patients and quality_docs_runs >= 1"
+            "compact_target_mb and report_hours must be > 0, artifact_top_patients and quality_docs_runs >= 1, "
+            "quality_keep_days >= 0"
         )
     if settings.scoring_engine not in ("torch", "onnx"):
         raise ConfigError(f"scoring_engine must be torch or onnx, not {settings.scoring_engine!r}")

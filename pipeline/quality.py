@@ -15,6 +15,7 @@ tree stays under 1 GiB with 10,000 patients.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,29 @@ def validate_pending(lake: Path, limit: int | None = None) -> list[dict[str, Any
         summary = validate_file(suite, sample, sample.with_suffix(".json"))
         out.append({"suite": suite, "sample": sample.stem, **summary})
     return out
+
+
+def prune(lake: Path, keep_days: float, now: datetime | None = None) -> int:
+    """Delete samples and their validation results whose id (a UTC timestamp first) is older than
+    `keep_days`; returns how many files went. A run writes about 1.6 MB of samples (capped at
+    `quality_sample_rows` per suite), so a run every minute adds about 2 GB a day. `keep_days` 0 keeps all."""
+    root = lake / "_quality"
+    if keep_days <= 0 or not root.is_dir():
+        return 0
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
+    removed = 0
+    for suite_dir in root.iterdir():
+        if not suite_dir.is_dir() or suite_dir.name in ("gx", "data_docs"):
+            continue
+        for path in [*suite_dir.glob("*.parquet"), *suite_dir.glob("*.json")]:
+            try:
+                written = datetime.strptime(path.stem[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                continue  # not ours: left alone
+            if written < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_sample(table: pa.Table, path: Path) -> None:

@@ -112,3 +112,26 @@ def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Pa
     verdicts = {r["sample"]: r["success"] for r in validated}
     assert verdicts == {Path(first["heart_rate_readings"]["sample"]).stem: False, Path(hr["sample"]).stem: True}
     assert validate_pending(lake) == [] and pending_samples(lake) == []
+
+
+def test_old_samples_and_results_are_pruned(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.quality import prune
+
+    suite = tmp_path / "lake" / "_quality" / "windows"
+    suite.mkdir(parents=True)
+    names = ["20261101T000000Z-old111", "20261120T000000Z-new222"]
+    for name in names:
+        for ext in (".parquet", ".json"):
+            (suite / f"{name}{ext}").write_text("x")
+    (suite / "notes.json").write_text("not a sample: left alone")
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+
+    assert prune(tmp_path / "lake", 0, now) == 0  # 0 keeps everything
+    assert prune(tmp_path / "lake", 14, now) == 2
+    assert sorted(p.name for p in suite.iterdir()) == [
+        "20261120T000000Z-new222.json",
+        "20261120T000000Z-new222.parquet",
+        "notes.json",
+    ]
