@@ -37,6 +37,9 @@ def validation_flow(lake: str | None = None, config: str | None = None) -> list[
             table=[{k: r[k] for k in ("suite", "sample", "rows", "success")} | {"failed": r["failed"]} for r in done],
             description="Great Expectations on the samples scoring runs wrote",
         )
+    for r in done:
+        if "error" in r:
+            get_run_logger().warning("%s: %s", r["suite"], r["error"])
     failed = [f"{r['suite']} ({r['sample']})" for r in done if not r["success"]]
     get_run_logger().info(
         "Great Expectations validated %d sample(s); %d with unexpected rows%s",

@@ -309,6 +309,9 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
     for suite, r in sorted(s.get("quality", {}).items()):
         print(f"  suite {suite}: {r['checked']:,} rows checked in Arrow, {r['failed']:,} unexpected (quarantined)")
     for r in s.get("validation", []):
+        if "error" in r:
+            print(f"  great expectations {r['suite']} (sample {r['sample']}): {r['error']}")
+            continue
         detail = ", ".join(f"{k} {v:,}" for k, v in r["failed"].items())
         status = "all as expected" if r["success"] else f"unexpected rows (quarantined): {detail}"
         print(f"  great expectations {r['suite']} (sample {r['sample']}): {r['rows']:,} rows, {status}")

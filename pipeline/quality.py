@@ -15,6 +15,8 @@ tree stays under 1 GiB with 10,000 patients.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,7 @@ def validate_file(suite: str, sample: Path, result_path: Path) -> dict[str, Any]
 
     table = pq.read_table(sample)
     result = run_great_expectations(table, suite)
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1, default=str))
+    _atomic(result_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
     failed = {
         f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}": r["result"].get(
             "unexpected_count", 0
@@ -60,8 +61,17 @@ def pending_samples(lake: Path) -> list[tuple[str, Path]]:
 def validate_pending(lake: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Validate every pending sample with Great Expectations (see pending_samples); each result is kept
     as JSON beside its sample, so a sample is validated once. Returns one summary per sample."""
-    out = []
+    out: list[dict[str, Any]] = []
     for suite, sample in pending_samples(lake)[:limit]:
+        try:
+            pq.read_metadata(sample)
+        except (pa.ArrowInvalid, OSError) as exc:
+            # Samples are written atomically, so this one was damaged later: set aside (kept, to look at),
+            # reported, and not retried every few minutes.
+            sample.rename(sample.with_suffix(".unreadable"))
+            out.append({"suite": suite, "sample": sample.stem, "rows": 0, "success": False, "failed": {}})
+            out[-1]["error"] = f"unreadable sample, set aside as {sample.with_suffix('.unreadable').name}: {exc}"
+            continue
         summary = validate_file(suite, sample, sample.with_suffix(".json"))
         out.append({"suite": suite, "sample": sample.stem, **summary})
     return out
@@ -91,5 +101,13 @@ def prune(lake: Path, keep_days: float, now: datetime | None = None) -> int:
 
 
 def write_sample(table: pa.Table, path: Path) -> None:
+    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside `path` under a hidden name, then rename: a crash never leaves a partial sample or result
+    (which the validation and the Data Docs would then trip over on every run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

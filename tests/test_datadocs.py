@@ -135,3 +135,22 @@ def test_old_samples_and_results_are_pruned(tmp_path: Path) -> None:
         "20261120T000000Z-new222.parquet",
         "notes.json",
     ]
+
+
+def test_a_damaged_sample_is_set_aside_and_reported_and_the_rest_are_validated(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    lake = tmp_path / "lake"
+    heart_rate_run(lake, tiny_checkpoint, "20261122T000000Z-good01", None, 0)  # validated: nothing pending
+    good = lake / "_quality" / "heart_rate_readings" / "20261122T000000Z-good01.parquet"
+    good.with_suffix(".json").unlink()  # pending again
+    damaged = lake / "_quality" / "heart_rate_readings" / "20261122T000100Z-bad002.parquet"
+    damaged.write_bytes(b"PAR1 truncated by a full disk")
+
+    results = {r["sample"]: r for r in validate_pending(lake)}
+
+    assert results["20261122T000000Z-good01"]["success"] and "error" not in results["20261122T000000Z-good01"]
+    bad = results["20261122T000100Z-bad002"]
+    assert not bad["success"] and "unreadable sample" in bad["error"]
+    assert not damaged.exists() and damaged.with_suffix(".unreadable").exists()  # kept, to look at
+    assert validate_pending(lake) == []  # not retried on every run
