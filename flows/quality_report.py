@@ -40,10 +40,10 @@ def validation_flow(lake: str | None = None, config: str | None = None) -> list[
     for r in done:
         if "error" in r:
             get_run_logger().warning("%s: %s", r["suite"], r["error"])
-    failed = [f"{r['suite']} ({r['sample']})" for r in done if not r["success"]]
+    failed = [f"{r['suite']} ({r['sample']})" for r in done if not r["success"] and "error" not in r]
     get_run_logger().info(
         "Great Expectations validated %d sample(s); %d with unexpected rows%s",
-        len(done),
+        len(done) - sum("error" in r for r in done),
         len(failed),
         ": " + ", ".join(failed) if failed else "",
     )

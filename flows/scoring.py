@@ -152,15 +152,10 @@ def write_batch(engine: Engine, out: BatchOutput, logger: Any) -> None:
 
 
 @task(name="write-quality-sample", cache_policy=NO_CACHE)
-def write_quality_sample(engine: Engine, totals: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def write_quality_sample(engine: Engine) -> dict[str, dict[str, Any]]:
     """Write the sample for Great Expectations under a new id (it starts with the UTC time, so samples sort
-    in time order); returns `totals` (a copy) with its counts added."""
-    totals = {suite: dict(t) for suite, t in totals.items()}
-    for suite, r in engine.write_quality_sample(_new_id()).items():
-        t = totals.setdefault(suite, {"checked": 0, "failed": 0, "sampled": 0})
-        t.update(checked=t["checked"] + r["checked"], failed=t["failed"] + r["failed"])
-        t.update(sampled=t["sampled"] + r["sampled"], sample=r["sample"])
-    return totals
+    in time order); returns the run's counts per suite so far."""
+    return engine.write_quality_sample(_new_id())
 
 
 def _new_id() -> str:
@@ -189,7 +184,6 @@ def scoring_flow(
         build_scorer(settings),
     )
     run_id = _new_id()
-    quality: dict[str, dict[str, Any]] = {}
     sampled_at = time.monotonic()
     consumer = ConsumerProcess(kafka, settings.group, settings.max_batch_records)
     consumer.resume_from(engine.offsets)
@@ -229,13 +223,13 @@ def scoring_flow(
                 bar.update(out.counts.consumed)
             logger.debug("batch %s: %s", out.batch_id, out.counts.as_dict())
             if mode == "follow" and time.monotonic() - sampled_at > SAMPLE_EVERY_S:
-                quality = write_quality_sample(engine, quality)  # a run that never ends still gets validated
+                write_quality_sample(engine)  # a run that never ends still gets validated
                 sampled_at = time.monotonic()
         if mode == "drain":
             out = engine.process([], drain=True)
             write_batch(engine, out, logger)
             run.add(out.counts)
-        quality = write_quality_sample(engine, quality)
+        quality = write_quality_sample(engine)
     finally:
         consumer.close()
         dead_letters.close()

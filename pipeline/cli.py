@@ -403,7 +403,9 @@ def _add_operations_commands(sub: Any) -> None:
     cp.set_defaults(handler=cmd_compact)
 
     qa = sub.add_parser(
-        "quality", help="validate pending samples with Great Expectations, then rebuild the Data Docs site"
+        "quality",
+        help="validate pending samples with Great Expectations, delete those older than quality_keep_days, "
+        "rebuild the Data Docs site",
     )
     qa.add_argument("--lake", type=Path)
     qa.set_defaults(handler=cmd_quality)

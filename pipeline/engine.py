@@ -272,9 +272,12 @@ class QualitySample:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.tables: dict[str, list[pa.Table]] = {}
-        self.rows: Counter[str] = Counter()  # rows in the sample
+        self.rows: Counter[str] = Counter()  # rows in the sample being gathered
+        # Since this engine started (one run), over all samples written:
         self.checked: Counter[str] = Counter()  # rows the Arrow-compiled suite checked
         self.failed: Counter[str] = Counter()  # of those, rows with an unexpected value
+        self.sampled: Counter[str] = Counter()  # rows written to samples
+        self.last: dict[str, str] = {}  # suite -> path of its latest sample
 
     def add(self, suite: str, table: pa.Table, failed: np.ndarray) -> None:
         self.checked[suite] += len(table)
@@ -292,25 +295,27 @@ class QualitySample:
 
     def write(self, out_dir: Path, sample_id: str) -> dict[str, dict[str, Any]]:
         """Write each suite's sample to out_dir/<suite>/<sample_id>.parquet (Great Expectations' result will
-        go beside it as .json) and start a new sample. Returns per suite: rows checked and failed by the
-        Arrow-compiled rules, rows sampled, and the sample's path."""
-        summaries: dict[str, dict[str, Any]] = {}
+        go beside it as .json) and start a new sample. Returns per suite, since the run started: rows checked
+        and failed by the Arrow-compiled rules, rows sampled, and the latest sample's path."""
         for suite, parts in self.tables.items():
             table = pa.concat_tables(parts)
             drop = [c for c in ("src",) if c in table.column_names]
             sample = out_dir / suite / f"{sample_id}.parquet"
             write_sample(table.drop_columns(drop), sample)
-            summaries[suite] = {
-                "checked": self.checked[suite],
-                "failed": self.failed[suite],
-                "sampled": len(table),
-                "sample": str(sample),
-            }
+            self.sampled[suite] += len(table)
+            self.last[suite] = str(sample)
         self.tables.clear()
         self.rows.clear()
-        self.checked.clear()
-        self.failed.clear()
-        return summaries
+        return {
+            suite: {
+                "checked": self.checked[suite],
+                "failed": self.failed[suite],
+                "sampled": self.sampled[suite],
+                "sample": self.last.get(suite, ""),
+            }
+            for suite in sorted(self.checked)
+            if self.checked[suite]
+        }
 
 
 def _quarantine(batch: RawBatch, src: np.ndarray, reason: list[str] | str, detail: list[str] | str) -> pa.Table:

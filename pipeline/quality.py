@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.datadocs import kept_results, suite_names
+
 
 def validate_file(suite: str, sample: Path, result_path: Path) -> dict[str, Any]:
     """Validate a Parquet sample with the suite; write GE's result JSON; return a short summary."""
@@ -45,24 +47,20 @@ def validate_file(suite: str, sample: Path, result_path: Path) -> dict[str, Any]
 def pending_samples(lake: Path) -> list[tuple[str, Path]]:
     """(suite, sample) for every sample under lake/_quality/ that has no validation result beside it yet,
     oldest first (sample ids start with a UTC timestamp)."""
-    root = lake / "_quality"
-    if not root.is_dir():
-        return []
     found = [
-        (suite_dir.name, sample)
-        for suite_dir in root.iterdir()
-        if suite_dir.is_dir() and suite_dir.name not in ("gx", "data_docs")
-        for sample in suite_dir.glob("*.parquet")
+        (suite, sample)
+        for suite in suite_names()
+        for sample in (lake / "_quality" / suite).glob("*.parquet")
         if not sample.with_suffix(".json").exists()
     ]
     return sorted(found, key=lambda pair: (pair[1].stem, pair[0]))
 
 
-def validate_pending(lake: Path, limit: int | None = None) -> list[dict[str, Any]]:
+def validate_pending(lake: Path) -> list[dict[str, Any]]:
     """Validate every pending sample with Great Expectations (see pending_samples); each result is kept
     as JSON beside its sample, so a sample is validated once. Returns one summary per sample."""
     out: list[dict[str, Any]] = []
-    for suite, sample in pending_samples(lake)[:limit]:
+    for suite, sample in pending_samples(lake):
         try:
             pq.read_metadata(sample)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -81,15 +79,12 @@ def prune(lake: Path, keep_days: float, now: datetime | None = None) -> int:
     """Delete samples and their validation results whose id (a UTC timestamp first) is older than
     `keep_days`; returns how many files went. A run writes about 1.6 MB of samples (capped at
     `quality_sample_rows` per suite), so a run every minute adds about 2 GB a day. `keep_days` 0 keeps all."""
-    root = lake / "_quality"
-    if keep_days <= 0 or not root.is_dir():
+    if keep_days <= 0:
         return 0
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     removed = 0
-    for suite_dir in root.iterdir():
-        if not suite_dir.is_dir() or suite_dir.name in ("gx", "data_docs"):
-            continue
-        for path in [*suite_dir.glob("*.parquet"), *suite_dir.glob("*.json")]:
+    for suite in suite_names():
+        for path in [*(lake / "_quality" / suite).glob("*.parquet"), *kept_results(lake, suite)]:
             try:
                 written = datetime.strptime(path.stem[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
             except ValueError:

@@ -98,9 +98,9 @@ def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Pa
         engine.write(engine.process([raw_batch("heart_rate", values, [b"P1"] * len(values), ts)]))
 
     batch(0, bad=True)
-    first = write_quality_sample.fn(engine, {})
+    first = write_quality_sample.fn(engine)
     batch(10, bad=False)
-    totals = write_quality_sample.fn(engine, first)
+    totals = write_quality_sample.fn(engine)
 
     hr = totals["heart_rate_readings"]
     assert first["heart_rate_readings"]["checked"] == 60 and first["heart_rate_readings"]["failed"] == 1

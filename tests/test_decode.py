@@ -8,7 +8,7 @@ import pytest
 from conftest import T0, raw_batch
 
 from pipeline.contract import stream_contract
-from pipeline.decode import FALLBACK_CHUNK, decode, parse_event_time, to_readings
+from pipeline.decode import FALLBACK_CHUNK, RawBatch, decode, parse_event_time, to_readings
 
 
 def hr(i: int, ts: object = None, **extra: object) -> bytes:
@@ -141,3 +141,28 @@ def test_non_ascii_text_is_kept_and_only_invalid_utf8_inside_a_string_is_rejecte
     assert set(d.table.column("device_id").to_pylist()) == {"hr-café-Ü"}
     assert d.rejected_src.tolist() == ([123] if with_invalid else [])
     assert list(d.rejected_reason) == (["not_utf8"] if with_invalid else [])
+
+
+def test_a_topics_polls_join_into_one_batch_with_headers_at_their_new_positions() -> None:
+    """The consumer turns each poll's records of a partition into a RawBatch at once and joins a topic's
+    parts at the end: columns in order, and the (rare) headers moved to their row in the joined batch."""
+    from pipeline.kafka_io import _concat
+
+    def part(partition: int, offsets: list[int], headers: dict[int, list[tuple[str, bytes]]]) -> RawBatch:
+        n = len(offsets)
+        return RawBatch(
+            stream="heart_rate",
+            topic="vitals.heart_rate",
+            keys=[b"P%d" % o for o in offsets],
+            values=[b"{}"] * n,
+            partitions=np.full(n, partition, dtype=np.int32),
+            offsets=np.array(offsets, dtype=np.int64),
+            timestamps_ms=np.array(offsets, dtype=np.int64) * 1000,
+            headers=headers,
+        )
+
+    joined = _concat([part(0, [5, 6, 7], {1: [("trace", b"a")]}), part(1, [0, 1], {0: [("trace", b"b")]})])
+
+    assert joined.offsets.tolist() == [5, 6, 7, 0, 1] and joined.partitions.tolist() == [0, 0, 0, 1, 1]
+    assert joined.keys.to_pylist() == [b"P5", b"P6", b"P7", b"P0", b"P1"]
+    assert joined.headers == {1: [("trace", b"a")], 3: [("trace", b"b")]}

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -22,18 +21,14 @@ from pipeline.simulate import SimulationConfig, encode, simulate
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
-        yield b
+@pytest.fixture
+def broker(session_broker: EmbeddedBroker) -> EmbeddedBroker:
+    return session_broker  # shared with the other broker tests (conftest), each on its own topic prefix
 
 
-@pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+@pytest.fixture
+def prefect(prefect_session: None) -> None:
+    """The session's Prefect test server (conftest): starting one costs about 9 s."""
 
 
 def produce_simulation(bootstrap: str, prefix: str, cfg: SimulationConfig) -> int:
