@@ -29,9 +29,9 @@ def main() -> None:
     import torch
 
     from models.lstm import load_checkpoint
+    from models.scorer import ENGINES, HISTORY_SCHEMA, Scorer
     from pipeline.features import window_features
-    from pipeline.score import ENGINES, HISTORY_SCHEMA, Scorer
-    from pipeline.simulate import SimulationConfig, simulate
+    from sim.simulate import SimulationConfig, simulate
 
     sim = simulate(SimulationConfig(patients=args.patients, hours=args.hours, seed=1, start_ms=1_795_305_600_000))
     windows = window_features(sim.readings, 300_000)
@@ -44,11 +44,11 @@ def main() -> None:
     risk = {}
     for engine in ENGINES:
         scorer = Scorer(ckpt, engine=engine)
-        scorer.score(empty, windows.slice(0, 256), 300_000)  # warm-up (first calls allocate)
+        scorer.score(empty, windows.slice(0, 256))  # warm-up (first calls allocate)
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            scores, _ = scorer.score(empty, windows, 300_000)
+            scores, _ = scorer.score(empty, windows)
             best = min(best, time.perf_counter() - t0)
         risk[engine] = scores.column("risk_score").to_numpy()
         print(f"  {engine:<6} {len(windows) / best:>12,.0f} windows scored/s   ({best:.2f} s for all)")

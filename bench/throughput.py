@@ -142,9 +142,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
-    from pipeline.broker import EmbeddedBroker
     from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-    from pipeline.simulate import SimulationConfig, encode, simulate
+    from sim.broker import EmbeddedBroker
+    from sim.simulate import SimulationConfig, encode, simulate
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(broker.bootstrap, partitions=args.partitions)

@@ -13,12 +13,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from ops.datadocs import site_index
+from ops.lag import consumer_lag
+from ops.query import latest_risk
 from pipeline.config import Settings
-from pipeline.datadocs import site_index
 from pipeline.errors import VitalStreamError
 from pipeline.kafka_io import KafkaSettings
-from pipeline.lag import consumer_lag
-from pipeline.query import latest_risk
 
 
 @task(name="consumer-lag", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""The compaction flow: merge each date partition's small Parquet files (see pipeline.compact).
+"""The compaction flow: merge each date partition's small Parquet files (see ops.compact).
 
 Served hourly by `vitalstream serve`. Compaction is idempotent and finishes an interrupted predecessor's
 swap, so a retry after a disk error is safe.
@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.compact import CompactionReport, compact
+from ops.compact import CompactionReport, compact
 from pipeline.config import Settings, load_settings
 
 

@@ -1,10 +1,10 @@
 """Data quality with Great Expectations, outside the scoring runs.
 
 - `vitalstream-validate` has Great Expectations validate every sample that scoring runs wrote and nobody
-  validated yet (pipeline.quality), and publishes the verdicts. Served every few minutes; `vitalstream run`
+  validated yet (ops.quality), and publishes the verdicts. Served every few minutes; `vitalstream run`
   and `demo` call it when their scoring run ends.
 - `vitalstream-quality-report` validates what is pending, then rebuilds the Data Docs site from the kept
-  results (pipeline.datadocs) and publishes the latest verdict per suite. Served daily."""
+  results (ops.datadocs) and publishes the latest verdict per suite. Served daily."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from ops.datadocs import DataDocsSite, build_data_docs, kept_results, suite_names
+from ops.quality import prune, validate_pending
 from pipeline.config import Settings, load_settings
-from pipeline.datadocs import DataDocsSite, build_data_docs, kept_results, suite_names
-from pipeline.quality import prune, validate_pending
 
 
 @task(name="validate-samples", cache_policy=NO_CACHE)

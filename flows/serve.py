@@ -1,13 +1,6 @@
 """Scheduled deployments, served by one long-running process (`vitalstream serve`), or registered to a
-work pool with `prefect deploy` (see prefect.yaml).
-
-| deployment        | flow                          | default schedule          |
-|-------------------|-------------------------------|---------------------------|
-| scoring           | vitalstream-scoring           | every minute              |
-| compaction        | vitalstream-compaction        | hourly                    |
-| validate          | vitalstream-validate          | every 5 minutes           |
-| quality-report    | vitalstream-quality-report    | daily 06:30 UTC           |
-| retraining        | vitalstream-train             | nightly 02:00 UTC         |
+work pool with `prefect deploy` (prefect.yaml, generated from the same list: `DEPLOYMENTS` below; schedules
+are settings, `vitalstream serve --list` prints them).
 
 Scoring and compaction must never overlap themselves (two scoring runs in one group would share one state
 checkpoint), so each deployment has a concurrency limit of one that cancels a run scheduled while the
@@ -18,18 +11,18 @@ command line overrode.
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import prefect
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
-from flows.compaction import compaction_flow
-from flows.quality_report import quality_report_flow, validation_flow
 from flows.scoring import scoring_flow
-from flows.training import training_flow
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 
@@ -55,49 +48,122 @@ def candidate_checkpoint(settings: Settings) -> Path:
     return settings.lake / "_models" / "candidate" / "risk_lstm.pt"
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """One scheduled deployment: served by `vitalstream serve` and written to prefect.yaml for work pools."""
+
+    name: str
+    entrypoint: str  # module path "package.module:flow"
+    cron_setting: str  # the Settings field holding its schedule
+    description: str
+
+
+# The one list of deployments; `deployments()` builds them for `serve`, `prefect_yaml()` for `prefect deploy`.
+DEPLOYMENTS: tuple[Deployment, ...] = (
+    Deployment("scoring", "flows.serve:scheduled_scoring", "score_cron", "Consume, score and write the lake"),
+    Deployment("compaction", "flows.compaction:compaction_flow", "compact_cron", "Merge small Parquet files"),
+    Deployment(
+        "validate",
+        "flows.quality_report:validation_flow",
+        "validate_cron",
+        "Great Expectations on the samples scoring runs wrote",
+    ),
+    Deployment("quality-report", "flows.quality_report:quality_report_flow", "quality_cron", "Rebuild the Data Docs"),
+    Deployment(
+        "retraining",
+        "flows.training:training_flow",
+        "retrain_cron",
+        "Retrain the risk model into a candidate checkpoint",
+    ),
+)
+
+
+def parameters(d: Deployment, settings: Settings, lake: str | None, config: str | None) -> dict[str, Any]:
+    """A deployment's flow parameters: the lake and config file for the lake's flows (None: the worker's own
+    settings decide), the run mode and broker for scoring, the candidate checkpoint for retraining."""
+    if d.name == "retraining":
+        return {"out": str(candidate_checkpoint(settings))}
+    params: dict[str, Any] = {k: v for k, v in (("lake", lake), ("config", config)) if v is not None}
+    if d.name == "scoring":
+        params["mode"] = "until-idle"
+        if settings.bootstrap and lake is not None:
+            params["bootstrap"] = settings.bootstrap
+    return params
+
+
 def deployments(settings: Settings, config_file: Path | None = None) -> list[RunnerDeployment]:
     # Absolute: served runs start in their own processes, and the lake must not depend on their directory.
-    common: dict[str, Any] = {"lake": str(settings.lake.resolve())}
-    if config_file is not None:
-        common["config"] = str(config_file)
-    tz = settings.schedule_timezone
+    settings = settings.with_overrides(lake=settings.lake.resolve())
     once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-    tags = ["vitalstream", settings.group]
-    scoring_params = {**common, "mode": "until-idle"}
-    if settings.bootstrap:
-        scoring_params["bootstrap"] = settings.bootstrap
-    specs: list[tuple[Any, str, str, dict[str, Any], str]] = [
-        (scheduled_scoring, "scoring", settings.score_cron, scoring_params, "Consume, score and write the lake"),
-        (compaction_flow, "compaction", settings.compact_cron, common, "Merge small Parquet files"),
-        (
-            validation_flow,
-            "validate",
-            settings.validate_cron,
-            common,
-            "Great Expectations on the samples scoring runs wrote",
-        ),
-        (quality_report_flow, "quality-report", settings.quality_cron, common, "Rebuild the Data Docs"),
-        (
-            training_flow,
-            "retraining",
-            settings.retrain_cron,
-            {"out": str(candidate_checkpoint(settings).resolve())},
-            "Retrain the risk model into a candidate checkpoint",
-        ),
-    ]
+    config = str(config_file) if config_file is not None else None
     return [
-        fl.to_deployment(
-            name,
-            schedules=[Cron(cron, timezone=tz)],
-            parameters=params,
-            description=doc,
-            tags=tags,
+        _flow(d).to_deployment(
+            d.name,
+            schedules=[Cron(getattr(settings, d.cron_setting), timezone=settings.schedule_timezone)],
+            parameters=parameters(d, settings, str(settings.lake), config),
+            description=d.description,
+            tags=["vitalstream", settings.group],
             concurrency_limit=once,
             # A module path, not a file path: the same entrypoint works from a checkout, a wheel or the image.
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
-        for fl, name, cron, params, doc in specs
+        for d in DEPLOYMENTS
     ]
+
+
+def _flow(d: Deployment) -> Any:
+    module, _, name = d.entrypoint.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def prefect_yaml(settings: Settings | None = None) -> str:
+    """prefect.yaml for a work pool (`prefect deploy --all`): the same deployments for workers running the
+    image (infra/Dockerfile), whose lake is /lake and whose settings come from their environment."""
+    settings = settings or Settings(lake=Path("/lake"))
+    lines = [
+        "# Generated from flows/serve.py (DEPLOYMENTS) by `make docs`: edit there, not here.",
+        "# Deployments for a Prefect work pool (`prefect deploy --all`), when one machine running `vitalstream serve`",
+        "# is not enough. Workers read their settings from their own VITALSTREAM_* environment (see infra/).",
+        "name: vitalstream",
+        f"prefect-version: {prefect.__version__}",
+        "",
+        "build: null",
+        "push: null",
+        "# Workers run the code baked into the image (infra/Dockerfile), installed at /app.",
+        "pull:",
+        "  - prefect.deployments.steps.set_working_directory:",
+        "      directory: /app",
+        "",
+        "definitions:",
+        "  work_pool: &pool",
+        "    name: vitalstream",
+        "    work_queue_name: default",
+        "  one_at_a_time: &once",
+        "    limit: 1",
+        "    collision_strategy: CANCEL_NEW",
+        "",
+        "deployments:",
+    ]
+    for d in DEPLOYMENTS:
+        module, _, name = d.entrypoint.partition(":")
+        lines += [
+            f"  - name: {d.name}",
+            f"    entrypoint: {module.replace('.', '/')}.py:{name}",
+            f"    description: {d.description}",
+            "    tags: [vitalstream]",
+        ]
+        params = parameters(d, settings, None, None)
+        if params:
+            lines += ["    parameters:", *(f"      {k}: {v}" for k, v in params.items())]
+        lines += [
+            "    schedules:",
+            f'      - cron: "{getattr(settings, d.cron_setting)}"',
+            f"        timezone: {settings.schedule_timezone}",
+            "    concurrency_limit: *once",
+            "    work_pool: *pool",
+            "",
+        ]
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def serve_all(built: list[RunnerDeployment]) -> None:

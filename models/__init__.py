@@ -1,1 +1,2 @@
-"""The risk model: `lstm` is the network, `train` its training loop, `checkpoints/` the shipped weights."""
+"""The risk model: `lstm` (network and checkpoint), `scorer` (batch inference), `train` (the training loop),
+`evaluate`, `labels`, `export` (ONNX); `checkpoints/` holds the shipped weights and model card."""

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.lstm import CONDITIONS, HEADS
+from pipeline.model_contract import CONDITIONS, HEADS
 
 
 def window_labels(windows: pa.Table, events: pa.Table, horizon_minutes: int = 60) -> tuple[np.ndarray, np.ndarray]:

@@ -26,20 +26,9 @@ import torch
 from torch import nn
 
 from pipeline.features import STATS, VITALS
+from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract
 
-CONDITIONS: tuple[str, ...] = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
-HEADS: tuple[str, ...] = ("any", *CONDITIONS)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "risk_lstm.pt"
-
-# The model's inputs per window, in order (columns of the `windows` dataset).
-MODEL_FEATURES: list[str] = [
-    *(f"{prefix}_{s}" for prefix in VITALS.values() for s in STATS),
-    *(f"{stream}_present" for stream in VITALS),
-    "glucose_censored_count",
-    "fall_count",
-    "fall_confidence_max",
-    "fall_present",
-]
 
 
 def _pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
@@ -137,6 +126,13 @@ class Checkpoint:
     forecast_z: list[float] = field(default_factory=list)
     forecast_coverage: float = 0.99
     digest: str = ""  # SHA-256 over the tensors and every other field but this one; checked on load
+
+    def contract(self) -> ModelContract:
+        """What this network reads and answers (see pipeline.model_contract), from what the checkpoint stores:
+        the feature order, the heads, the context length and the training data's window length."""
+        window_ms = int(self.training.get("config", {}).get("window_ms", 300_000))
+        conditions = tuple(h for h in self.config.heads if h != "any")
+        return ModelContract(tuple(self.feature_names), conditions, window_ms, self.config.window_count)
 
     def model(self) -> RiskLSTM:
         net = RiskLSTM(self.config)

@@ -29,9 +29,9 @@ from torch import nn
 from models import evaluate as ev
 from models.labels import window_labels
 from models.lstm import CONDITIONS, HEADS, MODEL_FEATURES, Checkpoint, LSTMConfig, RiskLSTM
+from models.scorer import FORECAST_VITALS, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
-from pipeline.score import FORECAST_VITALS, feature_matrix, model_inputs, sequences
-from pipeline.simulate import PROFILES, SimulationConfig, simulate
+from sim.simulate import PROFILES, SimulationConfig, simulate
 
 # The baselines of the model card, in its column order (models/evaluate.py defines them).
 BASELINES: dict[str, str] = {
@@ -112,7 +112,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
     conditions = sim.events.column("condition").to_pylist()
     profiles = sim.patients.column("profile").to_pylist()
     data = {
-        "source": "pipeline.simulate (synthetic patients; events by the published thresholds)",
+        "source": "sim.simulate (synthetic patients; events by the published thresholds)",
         "simulated_patients": cfg.patients,
         "hours_per_patient": cfg.hours,
         "seed": cfg.seed,
@@ -689,6 +689,6 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":  # `python -m models.train ...` is `vitalstream train ...`
-    from pipeline.cli import main
+    from cli.main import main
 
     raise SystemExit(main(["train", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.kafka_io import KafkaSettings
-from pipeline.score import RiskLevels
+from pipeline.model_contract import RiskLevels
 from pipeline.window import WindowConfig
 
 _SECURITY_KEYS = (
@@ -44,7 +44,7 @@ class Settings:
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
-    # issue 5: operations
+    # operations: schedules, compaction, reports, quality
     score_cron: str = "* * * * *"
     compact_cron: str = "0 * * * *"
     validate_cron: str = "*/5 * * * *"
@@ -56,12 +56,12 @@ class Settings:
     artifact_top_patients: int = 10
     quality_docs_runs: int = 200
     quality_keep_days: float = 14.0
-    # issue 3: model
+    # model
     scoring_engine: str = "torch"  # "torch" or "onnx" (onnxruntime, as on an edge device)
     onnx_path: Path | None = (
         None  # None: <model_path>.onnx when it exists (`vitalstream export-onnx`), else exported in memory
     )
-    # issue 4: robustness
+    # robustness, scale-out, privacy
     dlq_topic: str = ""  # dead-letter topic for every quarantined message; "" means <topic_prefix>dlq
     broker_outage_timeout_s: float = 120.0  # how long a run waits for a broker that stopped answering
     assignment_timeout_s: float = 30.0  # how long to wait for the consumer group to assign partitions

@@ -8,7 +8,7 @@ sends them through a pipe together with the partitions still lagging after that 
 blocks while the parent is busy, so at most one batch waits: memory stays bounded and back-pressure
 reaches Kafka as a slower fetch. Commits go the other way, on a control pipe, and are made before the
 child's next poll. Offsets committed here are a convenience; the state checkpoint is what a restart
-resumes from (see pipeline.engine), so a commit that lags by a batch loses nothing.
+resumes from (see runtime.engine), so a commit that lags by a batch loses nothing.
 
 `ConsumerProcess` has StreamConsumer's interface, so the flow does not care which one it drives. The child
 is a plain `python -m pipeline.consumer_process` given the pipes' file descriptors (not multiprocessing's
@@ -27,7 +27,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.decode import RawBatch
+from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from pipeline.batch import RawBatch
 from pipeline.contract import StreamContract
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -38,40 +39,6 @@ META_SCHEMA = pa.schema(
         ("src", pa.int32()),
     ]
 )
-
-
-@dataclass
-class RawBatch:
-    """Messages of one topic, as columns: keys and values are binary Arrow arrays of the original bytes
-    (lists of bytes are converted)."""
-
-    stream: str
-    topic: str
-    keys: pa.Array
-    values: pa.Array
-    partitions: np.ndarray  # int32
-    offsets: np.ndarray  # int64
-    timestamps_ms: np.ndarray  # int64, Kafka record timestamps
-    headers: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)  # position -> Kafka headers, if any
-    _keys: pa.Array | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.keys, pa.Array):
-            self.keys = pa.array(self.keys, pa.binary())
-        if not isinstance(self.values, pa.Array):
-            self.values = pa.array(self.values, pa.binary())
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def key_array(self) -> pa.Array:
-        """Keys as UTF-8 strings (a key that is not UTF-8 shows replacement characters)."""
-        if self._keys is None:
-            self._keys = _valid_utf8(self.keys.cast(pa.string(), safe=False))
-        return self._keys
-
-    def value_array(self) -> pa.Array:
-        return self.values
 
 
 @dataclass
@@ -365,52 +332,4 @@ def _normalise(table: pa.Table, src: np.ndarray, batch: RawBatch, contract: Stre
         .append_column("offset", pa.array(batch.offsets[src], pa.int64()))
         .append_column("kafka_timestamp", kafka_ts.cast(pa.timestamp("ms", tz="UTC")))
         .append_column("src", pa.array(src, pa.int32()))
-    )
-
-
-def _valid_utf8(arr: pa.Array) -> pa.Array:
-    try:
-        arr.validate(full=True)
-        return arr
-    except pa.ArrowInvalid:
-        # A key that is not UTF-8 cannot equal a patient id: keep it visible as a replacement string.
-        return pa.array(
-            [None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()]
-        )
-
-
-def to_readings(table: pa.Table, contract: StreamContract) -> pa.Table:
-    """Validated stream rows to the canonical reading schema (plus provenance), flagging censored values.
-
-    A CGM reports only its range (e.g. 40-400 mg/dL): a reading at or beyond a bound is censored, kept at
-    the bound and flagged, because "below 40" is clinically meaningful, not an error.
-    """
-    n = len(table)
-    null_f = pa.nulls(n, pa.float64())
-    if contract.stream == "fall":
-        value = pc.if_else(table.column("fall_detected"), 1.0, 0.0).cast(pa.float64())
-        conf, impact = table.column("confidence"), table.column("impact_g")
-    else:
-        value = table.column(contract.value_field).cast(pa.float64())
-        conf, impact = null_f, null_f
-    censored = pa.array(np.zeros(n, dtype=bool))
-    if contract.reporting_range is not None:
-        lo, hi = contract.reporting_range
-        censored = pc.or_(pc.less_equal(value, lo), pc.greater_equal(value, hi))
-        value = pc.min_element_wise(pc.max_element_wise(value, lo), hi)
-    return pa.table(
-        {
-            "patient_id": table.column("patient_id"),
-            "device_id": table.column("device_id"),
-            "stream": pa.array(np.full(n, contract.stream, dtype=object), pa.string()),
-            "event_time": table.column("event_time"),
-            "value": value,
-            "fall_confidence": conf,
-            "impact_g": impact,
-            "censored": censored,
-            "source": pc.binary_join_element_wise(
-                table.column("topic"), pc.cast(table.column("partition"), pa.string()), ":"
-            ),
-            "src": table.column("src"),
-        }
     )

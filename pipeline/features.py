@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.contract import STREAMS
+from pipeline.readings import epoch_ms
 
 # Streams with a numeric vital, and the unit-carrying prefix of their feature columns.
 VITALS: dict[str, str] = {
@@ -21,19 +22,6 @@ VITALS: dict[str, str] = {
 }
 STATS = ("mean", "min", "max", "last", "slope_per_min")
 _STREAM_CODE = {s: i for i, s in enumerate(STREAMS)}
-
-READINGS_SCHEMA = pa.schema(
-    [
-        ("patient_id", pa.string()),
-        ("device_id", pa.string()),
-        ("stream", pa.string()),
-        ("event_time", pa.timestamp("ms", tz="UTC")),
-        ("value", pa.float64()),
-        ("fall_confidence", pa.float64()),
-        ("impact_g", pa.float64()),
-        ("censored", pa.bool_()),
-    ]
-)
 
 
 def window_columns() -> list[str]:
@@ -97,7 +85,7 @@ def partials(readings: pa.Table, window_ms: int) -> pa.Table:
     """Canonical readings (READINGS_SCHEMA) -> PARTIAL_SCHEMA rows, one per (patient, window, stream)."""
     if len(readings) == 0:
         return PARTIAL_SCHEMA.empty_table()
-    t_ms = _ms(readings.column("event_time"))
+    t_ms = epoch_ms(readings.column("event_time"))
     w = t_ms // window_ms
     value = np.nan_to_num(readings.column("value").to_numpy(zero_copy_only=False).astype(np.float64))
     return _reduce(
@@ -233,10 +221,6 @@ def finish(part: pa.Table, window_ms: int) -> pa.Table:
     present[row[fall]] = True
     out["fall_present"] = present
     return pa.table(out, schema=window_schema())
-
-
-def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _stream_codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

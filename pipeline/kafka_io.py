@@ -22,8 +22,8 @@ from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS
-from pipeline.decode import RawBatch
 from pipeline.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)

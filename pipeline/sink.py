@@ -1,23 +1,24 @@
-"""The lake: hive-partitioned Parquet (`<dataset>/date=YYYY-MM-DD/part-<group>-<seq>.parquet`) and the state
-checkpoint. Files appear atomically (written aside, then renamed). They are named by the consumer group and
-the batch's sequence number, which the state checkpoint records: after a crash between a batch's files and
-its checkpoint, the restart removes that batch's files and writes the batch again under the same number,
-so nothing is doubled."""
+"""The lake: hive-partitioned Parquet (`<dataset>/date=YYYY-MM-DD/part-<group>-<seq>.parquet`), plus the
+samples Great Expectations validates later (`_quality/<suite>/<sample id>.parquet`).
+
+Files appear atomically (written aside, then renamed: `atomic_write`, the one writer every file of the lake
+goes through). A batch's files are named by the consumer group and the batch's sequence number, which the
+state checkpoint (runtime.checkpoint) records: after a crash between a batch's files and its checkpoint,
+the restart removes that batch's files (`ParquetLake.discard_after`) and writes the batch again under the
+same number, so nothing is doubled."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import uuid
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from pipeline.errors import LakeNotWritable
@@ -75,12 +76,14 @@ def write_dataset(lake: Path, dataset: str, table: pa.Table, batch_id: str) -> l
     for i, date in enumerate(enc.dictionary.to_pylist()):
         part = table.filter(pa.array(codes == i))
         path = lake / dataset / f"date={date}" / f"part-{batch_id}.parquet"
-        _atomic_write(path, lambda tmp, part=part: pq.write_table(part, tmp, compression="zstd"))
+        atomic_write(path, partial(pq.write_table, part, compression="zstd"))
         written.append(path)
     return written
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside `path` under a hidden name with `write(tmp)`, then rename: a crash never leaves a partial
+    file for a reader (DuckDB, the validation, the Data Docs) to trip over."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -91,47 +94,26 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise LakeNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-# --- state checkpoint ---------------------------------------------------------------------------------
+class ParquetLake:
+    """One consumer group's (or scaled-out instance's) view of the lake, as `runtime.loop` uses it."""
 
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.tag = file_tag(name)
 
-def state_dir(lake: Path, group: str) -> Path:
-    return lake / "_state" / group
+    def batch_id(self, seq: int) -> str:
+        return f"{self.tag}-{seq:09d}"
 
+    def write_batch(self, seq: int, datasets: Mapping[str, pa.Table]) -> list[Path]:
+        """A batch's tables, one file per dataset and UTC date; the same names every time for the same seq."""
+        return [p for name in DATASETS for p in write_dataset(self.root, name, datasets[name], self.batch_id(seq))]
 
-def save_state(lake: Path, group: str, tables: dict[str, pa.Table], meta: dict[str, Any]) -> None:
-    """A new generation directory, then an atomic switch of the CURRENT pointer."""
-    root = state_dir(lake, group)
-    gen = f"gen-{uuid.uuid4().hex[:12]}"
-    try:
-        (root / gen).mkdir(parents=True, mode=DIR_MODE)
-        for name, table in tables.items():
-            # IPC stream format: unlike the file format it allows a dictionary per batch (the buffer's)
-            with ipc.new_stream(root / gen / f"{name}.arrow", table.schema) as writer:
-                writer.write_table(table)
-        (root / gen / "state.json").write_text(json.dumps(meta, indent=1))
-        for path in (root / gen).iterdir():
-            os.chmod(path, FILE_MODE)
-        tmp = root / f".CURRENT.{gen}"
-        tmp.write_text(gen)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, root / "CURRENT")
-    except OSError as exc:
-        raise LakeNotWritable(f"cannot write state checkpoint under {root}: {exc.strerror or exc}") from exc
-    for old in root.glob("gen-*"):
-        if old.name != gen:
-            shutil.rmtree(old, ignore_errors=True)
+    def discard_after(self, seq: int) -> list[Path]:
+        """Remove the files of batches numbered above `seq` (written, never checkpointed)."""
+        return remove_after(self.root, self.tag, seq)
 
-
-def load_state(lake: Path, group: str) -> tuple[dict[str, pa.Table], dict[str, Any]] | None:
-    root = state_dir(lake, group)
-    current = root / "CURRENT"
-    if not current.exists():
-        return None
-    gen = root / current.read_text().strip()
-    tables = {}
-    for path in gen.glob("*.arrow"):
-        with path.open("rb") as f:
-            is_file_format = f.read(6) == b"ARROW1"  # checkpoints written before the switch to streams
-        with ipc.open_file(path) if is_file_format else ipc.open_stream(path) as reader:
-            tables[path.stem] = reader.read_all()
-    return tables, json.loads((gen / "state.json").read_text())
+    def write_quality_sample(self, suite: str, sample_id: str, table: pa.Table) -> str:
+        """A suite's sample for Great Expectations (ops.quality validates it later); returns its path."""
+        path = self.root / "_quality" / suite / f"{sample_id}.parquet"
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return str(path)

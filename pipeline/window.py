@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.features import PARTIAL_SCHEMA, finish, merge_partials, partials
+from pipeline.readings import epoch_ms
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class DedupeIndex:
             fresh = pc.unique(ident.filter(pc.is_null(code)).combine_chunks())
             self.series = pa.concat_arrays([self.series, fresh.cast(pa.string())])
             code = pc.index_in(ident, value_set=self.series)
-        t = _ms(readings.column("event_time"))
+        t = epoch_ms(readings.column("event_time"))
         start = t // self.window_ms * self.window_ms
         codes = np.asarray(code.to_numpy(zero_copy_only=False), dtype=np.int64)
         return start, codes * self.window_ms + (t - start)
@@ -170,7 +171,7 @@ def step(
     """Advance `state` by one micro-batch of canonical readings (READINGS_SCHEMA + `source`).
 
     `lagging`: sources ("topic:partition") that still have unread messages after this batch."""
-    t_ms = _ms(readings.column("event_time"))
+    t_ms = epoch_ms(readings.column("event_time"))
     late = late_mask(t_ms, state.watermark_ms, cfg)
     if state.dedupe is None:
         state.dedupe = DedupeIndex(cfg.window_ms)
@@ -230,7 +231,3 @@ def close_windows(state: WindowState, cfg: WindowConfig, drain: bool = False) ->
     closed = part.filter(pa.array(closing))
     state.open = part.filter(pa.array(~closing))
     return finish(closed, cfg.window_ms), int(pc.sum(closed.column("count")).as_py())
-
-
-def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -11,8 +12,11 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.decode import RawBatch
+from pipeline.batch import RawBatch
+
+if TYPE_CHECKING:
+    from runtime.engine import BatchOutput, Engine, EngineConfig
+from sim.broker import EmbeddedBroker
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a window boundary for any window that divides a day
 
@@ -63,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from models.lstm import Checkpoint, LSTMConfig, RiskLSTM
-    from pipeline.score import MODEL_FEATURES
+    from pipeline.model_contract import MODEL_FEATURES
 
     torch.manual_seed(0)
     cfg = LSTMConfig(n_features=len(MODEL_FEATURES), hidden=8, layers=1, window_count=4)
@@ -83,7 +87,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def session_broker() -> Iterator[EmbeddedBroker]:
-    """One embedded broker for the session's robustness tests (issue 4), each on its own topic prefix:
+    """One embedded broker for the session's broker tests, each on its own topic prefix:
     stopping a broker that clients have talked to takes it about 5 s."""
     with EmbeddedBroker() as b:
         yield b
@@ -91,7 +95,7 @@ def session_broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def prefect_session() -> Iterator[None]:
-    """One Prefect test server for the session's robustness tests (issue 4); starting one costs ~9 s."""
+    """One Prefect test server for the session's broker tests; starting one costs ~9 s."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
@@ -126,3 +130,33 @@ def assert_same_lake(a: Path, b: Path) -> None:
                     assert math.isclose(u, v, rel_tol=1e-5, abs_tol=1e-9) or (math.isnan(u) and math.isnan(v)), (x, y)
                 else:
                     assert u == v, (name, x, y)
+
+
+class LakeEngine:
+    """An engine with its Parquet lake and state checkpoint, resumed and persisted as runtime.loop does (steps
+    4 and 5 of the batch protocol), for tests that drive batches by hand. Attributes not defined here are the
+    engine's (pending, state, offsets, seq, totals, scorer, quality)."""
+
+    def __init__(self, lake: Path, checkpoint: Path | Any, name: str = "g", cfg: EngineConfig | None = None) -> None:
+        from models.lstm import load_checkpoint
+        from models.scorer import Scorer
+        from pipeline.sink import ParquetLake
+        from runtime.checkpoint import FileCheckpoints
+        from runtime.engine import EngineConfig
+        from runtime.loop import resume
+
+        cfg = cfg or EngineConfig()
+        scorer = checkpoint if isinstance(checkpoint, Scorer) else Scorer(load_checkpoint(checkpoint))
+        self.lake = ParquetLake(lake, name)
+        self.checkpoints = FileCheckpoints(lake, name, cfg.window)
+        self.engine: Engine = resume(cfg, scorer, self.lake, self.checkpoints)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def write(self, out: BatchOutput) -> None:
+        self.lake.write_batch(out.seq, out.datasets())
+        self.checkpoints.save(self.engine.snapshot())
+
+    def write_quality_sample(self, sample_id: str) -> dict[str, dict[str, Any]]:
+        return self.engine.quality.write(lambda suite, t: self.lake.write_quality_sample(suite, sample_id, t))

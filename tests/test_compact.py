@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import T0, assert_same_lake, lake_rows
+from conftest import T0, LakeEngine, assert_same_lake, lake_rows
 
-from models.lstm import load_checkpoint
+from ops.compact import compact, parse
 from pipeline import sink
-from pipeline.compact import compact, parse
-from pipeline.decode import RawBatch
-from pipeline.engine import Engine, EngineConfig
-from pipeline.score import Scorer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from pipeline.batch import RawBatch
+from sim.simulate import SimulationConfig, encode, simulate
 
 # Starts 40 minutes before midnight UTC so that every dataset has two date partitions.
 SIM = SimulationConfig(patients=6, hours=1.2, seed=3, start_ms=T0 - 40 * 60_000, very_late_rate=0.0)
@@ -57,8 +54,8 @@ def micro_batches() -> list[list[RawBatch]]:
     return batches()
 
 
-def run_engine(lake: Path, ckpt: Path, todo: list[list[RawBatch]], drain: bool = True) -> Engine:
-    engine = Engine(EngineConfig(lake=lake, group="g-1"), Scorer(load_checkpoint(ckpt)))
+def run_engine(lake: Path, ckpt: Path, todo: list[list[RawBatch]], drain: bool = True) -> LakeEngine:
+    engine = LakeEngine(lake, ckpt, "g-1")
     for raw in todo:
         engine.write(engine.process(raw))
     if drain:
@@ -131,8 +128,7 @@ def test_only_checkpointed_batches_are_compacted_and_crash_recovery_still_works(
     engine = run_engine(lake, tiny_checkpoint, micro_batches[:6], drain=False)
     # Batch 7's files are written but the process dies before its state checkpoint.
     out = engine.process(micro_batches[6])
-    for name in sink.DATASETS:
-        sink.write_dataset(lake, name, getattr(out, name), out.batch_id)
+    engine.lake.write_batch(out.seq, out.datasets())
     uncheckpointed = {p for p in data_files(lake) if f"-{out.seq:09d}." in p}
     assert uncheckpointed
 

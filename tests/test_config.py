@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from cli.main import main
 from pipeline.config import SETTING_DOCS, Settings, load_settings
 from pipeline.errors import ConfigError
 
@@ -58,7 +58,7 @@ def test_output_cut_short_by_a_pipe_reader_gives_no_traceback() -> None:
     import sys
 
     r = subprocess.run(
-        f"{sys.executable} -m pipeline.cli config | head -1", shell=True, capture_output=True, text=True, timeout=60
+        f"{sys.executable} -m cli.main config | head -1", shell=True, capture_output=True, text=True, timeout=60
     )
     assert r.stdout.startswith("bootstrap")
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_lake
 
-from pipeline.broker import EmbeddedBroker
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from sim.broker import EmbeddedBroker
+from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 TRIALS = int(os.environ.get("KILL_TRIALS", "2"))
@@ -40,7 +40,7 @@ def run(bootstrap: str, lake: Path, group: str) -> subprocess.Popen[bytes]:
     # The session's Prefect test server: a run started without one starts its own (5-12 s each); killing a
     # run leaves its flow run marked running there, which matters to nobody.
     env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
     return subprocess.Popen(
         [*cmd, "--group", group, "--drain"],
         env=env,

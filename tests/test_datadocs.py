@@ -8,18 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import T0, raw_batch
+from conftest import T0, LakeEngine, raw_batch
 
-from models.lstm import load_checkpoint
-from pipeline.cli import main
-from pipeline.datadocs import build_data_docs, kept_results, suite_names
-from pipeline.engine import Engine, EngineConfig
-from pipeline.quality import pending_samples, validate_pending
-from pipeline.score import Scorer
+from cli.main import main
+from ops.datadocs import build_data_docs, kept_results, suite_names
+from ops.quality import pending_samples, validate_pending
 
 
 def heart_rate_run(lake: Path, ckpt: Path, run_id: str, bad_bpm: float | None, start_min: int) -> dict:
-    engine = Engine(EngineConfig(lake=lake, group="dq"), Scorer(load_checkpoint(ckpt)))
+    engine = LakeEngine(lake, ckpt, "dq")
     ts = [T0 + (start_min * 60 + s) * 1000 for s in range(0, 600, 10)]
     values: list[bytes | None] = [
         json.dumps({"patient_id": "P1", "device_id": "hr-1", "ts": t, "heart_rate_bpm": 70.0}).encode() for t in ts
@@ -83,10 +80,8 @@ def test_rebuild_follows_the_kept_results_and_the_cli(lake: Path, capsys: pytest
 def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """A long run (--follow) writes a sample every few minutes: the run's totals add up over its samples,
     every sample is validated once, and GE fails exactly the sample that holds the unexpected row."""
-    from flows.scoring import write_quality_sample
-
     lake = tmp_path / "lake"
-    engine = Engine(EngineConfig(lake=lake, group="dq2"), Scorer(load_checkpoint(tiny_checkpoint)))
+    engine = LakeEngine(lake, tiny_checkpoint, "dq2")
 
     def batch(start_min: int, bad: bool) -> None:
         ts = [T0 + (start_min * 60 + s) * 1000 for s in range(0, 600, 10)]
@@ -98,9 +93,9 @@ def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Pa
         engine.write(engine.process([raw_batch("heart_rate", values, [b"P1"] * len(values), ts)]))
 
     batch(0, bad=True)
-    first = write_quality_sample.fn(engine)
+    first = engine.write_quality_sample("20261122T000000Z-first")
     batch(10, bad=False)
-    totals = write_quality_sample.fn(engine)
+    totals = engine.write_quality_sample("20261122T001000Z-second")
 
     hr = totals["heart_rate_readings"]
     assert first["heart_rate_readings"]["checked"] == 60 and first["heart_rate_readings"]["failed"] == 1
@@ -117,7 +112,7 @@ def test_run_samples_are_validated_once_each(tmp_path: Path, tiny_checkpoint: Pa
 def test_old_samples_and_results_are_pruned(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from pipeline.quality import prune
+    from ops.quality import prune
 
     suite = tmp_path / "lake" / "_quality" / "windows"
     suite.mkdir(parents=True)

@@ -7,8 +7,10 @@ import pyarrow as pa
 import pytest
 from conftest import T0, raw_batch
 
+from pipeline.batch import RawBatch
 from pipeline.contract import stream_contract
-from pipeline.decode import FALLBACK_CHUNK, RawBatch, decode, parse_event_time, to_readings
+from pipeline.decode import FALLBACK_CHUNK, decode, parse_event_time
+from pipeline.readings import to_readings
 
 
 def hr(i: int, ts: object = None, **extra: object) -> bytes:

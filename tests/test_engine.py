@@ -7,11 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import T0, assert_same_lake, raw_batch
-
-from models.lstm import load_checkpoint
-from pipeline.engine import Engine, EngineConfig
-from pipeline.score import Scorer
+from conftest import T0, LakeEngine, assert_same_lake, raw_batch
 
 MIN = 60_000
 
@@ -29,8 +25,8 @@ def messages(minutes: range, patient: str = "P1") -> tuple[list[bytes | None], l
     return values, keys, kafka_ts
 
 
-def engine(lake: Path, ckpt: Path) -> Engine:
-    return Engine(EngineConfig(lake=lake, group="g"), Scorer(load_checkpoint(ckpt)))
+def engine(lake: Path, ckpt: Path) -> LakeEngine:
+    return LakeEngine(lake, ckpt)
 
 
 def test_accounting_outputs_and_resume(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -84,7 +80,7 @@ def _sim_batches(messages: list, cuts: list[int]) -> list[list]:
     """RawBatches (one per topic, partition 0, offsets counted per topic) for message ranges between cuts."""
     import numpy as np
 
-    from pipeline.decode import RawBatch
+    from pipeline.batch import RawBatch
 
     offsets: dict[str, int] = {}
     position = []
@@ -116,8 +112,7 @@ def _sim_batches(messages: list, cuts: list[int]) -> list[list]:
 def test_a_crash_between_the_files_and_the_checkpoint_doubles_nothing(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """Batch k+1's files are written, then the process dies before its checkpoint. The restart reads from
     the checkpoint's offsets in differently sized batches; the lake must equal that of an uninterrupted run."""
-    from pipeline import sink
-    from pipeline.simulate import SimulationConfig, encode, simulate
+    from sim.simulate import SimulationConfig, encode, simulate
 
     sim = simulate(SimulationConfig(patients=6, hours=0.5, seed=5, out_of_order_rate=0.0, very_late_rate=0.0))
     msgs = [m for chunk in encode(sim) for m in chunk]
@@ -135,12 +130,12 @@ def test_a_crash_between_the_files_and_the_checkpoint_doubles_nothing(tmp_path: 
         first.write(first.process(batch))
     (doomed,) = _sim_batches(msgs, [k, k + 900])
     out = first.process(doomed)
-    for name in sink.DATASETS:  # the files land ...
-        sink.write_dataset(lake, name, getattr(out, name), out.batch_id)
+    first.lake.write_batch(out.seq, out.datasets())  # the files land ...
+    assert list(lake.glob(f"*/date=*/part-{first.lake.tag}-000000004.parquet"))
     del first  # ... and the process dies before its checkpoint
 
     second = engine(lake, tiny_checkpoint)
-    assert second.seq == 3 and not list(lake.glob(f"*/date=*/part-{second.tag}-000000004.parquet"))
+    assert second.seq == 3 and not list(lake.glob(f"*/date=*/part-{second.lake.tag}-000000004.parquet"))
     for batch in _sim_batches(msgs, [k, *range(k + 1300, n, 1300), n]):
         second.write(second.process(batch))
     second.write(second.process([], drain=True))

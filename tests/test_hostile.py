@@ -21,17 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from conftest import T0, raw_batch
+from conftest import T0, LakeEngine, raw_batch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from models.lstm import load_checkpoint
-from pipeline.broker import EmbeddedBroker
+from models.scorer import Scorer
+from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS, stream_contract
-from pipeline.decode import MAX_MESSAGE_BYTES, RawBatch
-from pipeline.engine import Engine, EngineConfig
-from pipeline.score import Scorer
+from pipeline.decode import MAX_MESSAGE_BYTES
 from pipeline.validate import ge_unexpected_rows, unexpected_mask
+from sim.broker import EmbeddedBroker
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 FUZZ_BROKER_EXAMPLES = int(os.environ.get("FUZZ_BROKER_EXAMPLES", "1"))
@@ -66,8 +66,8 @@ def scorer(ckpt: Path) -> Scorer:
     return Scorer(load_checkpoint(ckpt))  # loaded once: examples differ in state, not in the model
 
 
-def engine(lake: Path, ckpt: Path) -> Engine:
-    return Engine(EngineConfig(lake=lake, group="g"), scorer(ckpt))
+def engine(lake: Path, ckpt: Path) -> LakeEngine:
+    return LakeEngine(lake, scorer(ckpt))
 
 
 # --- every kind, one at a time ----------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_the_image_installs_the_package_with_the_lock() -> None:
     for package in top_level:
         assert f"!{package}/**" in ignore
     assert 'ENTRYPOINT ["vitalstream"]' in docker and "USER vitalstream" in docker
-    assert project["project"]["scripts"]["vitalstream"] == "pipeline.cli:main"
+    assert project["project"]["scripts"]["vitalstream"] == "cli.main:main"
 
 
 def test_compose_has_kraft_kafka_prefect_server_worker_and_the_deployments() -> None:

@@ -13,10 +13,10 @@ import pyarrow.dataset as ds
 import pytest
 from conftest import T0
 
-from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from sim.broker import EmbeddedBroker
+from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_cli_reports_an_unreachable_broker_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "VITALSTREAM_CONNECT_TIMEOUT_S": "2"}
     t0 = time.monotonic()
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
+        [sys.executable, "-m", "cli.main", "run", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -117,7 +117,7 @@ def test_cli_reports_an_unwritable_lake(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "cli.main",
             "run",
             "--bootstrap",
             "127.0.0.1:9",
@@ -136,7 +136,7 @@ def test_real_icu_recordings_replay_into_exact_windows(broker: EmbeddedBroker, p
     import numpy as np
 
     from flows.scoring import scoring_flow
-    from pipeline.replay import bidmc_messages, read_bidmc
+    from sim.replay import bidmc_messages, read_bidmc
 
     frame = read_bidmc()
     start = T0 - 86_400_000  # a window boundary, a day before the simulated data

@@ -8,8 +8,8 @@ from conftest import T0
 from conftest import canonical_readings as readings
 
 from models.labels import window_labels
-from models.lstm import HEADS
-from pipeline.simulate import detect_events
+from pipeline.model_contract import HEADS
+from sim.simulate import detect_events
 
 MIN = 60_000
 

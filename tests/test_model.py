@@ -13,7 +13,7 @@ import torch
 
 from models.lstm import CONDITIONS, DEFAULT_CHECKPOINT, HEADS, Checkpoint, LSTMConfig, RiskLSTM, load_checkpoint
 from models.train import BASELINES, TrainConfig, should_promote, train
-from pipeline.score import MODEL_FEATURES
+from pipeline.model_contract import MODEL_FEATURES
 
 TINY = TrainConfig(patients=60, hours=4.0, epochs=2, hidden=16, layers=1, window_count=6, seed=3, bootstrap=20)
 
@@ -158,8 +158,8 @@ def test_a_jump_no_threshold_describes_is_flagged_as_an_anomaly() -> None:
     import pyarrow as pa
     from conftest import T0
 
+    from models.scorer import HISTORY_SCHEMA, Scorer
     from pipeline.features import window_features
-    from pipeline.score import HISTORY_SCHEMA, Scorer
 
     rng = np.random.default_rng(0)
     t_s = np.arange(0, 13 * 300, 5)  # 13 windows of heart rate and respiration at 5-second cadence
@@ -182,7 +182,7 @@ def test_a_jump_no_threshold_describes_is_flagged_as_an_anomaly() -> None:
         }
     )
     windows = window_features(readings, 300_000)
-    scores, _ = Scorer(load_checkpoint()).score(HISTORY_SCHEMA.empty_table(), windows, 300_000)
+    scores, _ = Scorer(load_checkpoint()).score(HISTORY_SCHEMA.empty_table(), windows)
     flags = scores.column("anomalies").to_pylist()
     assert flags[-1] == "heart_rate" and flags[-2] == ""
     assert scores.column("glucose_mg_dl_forecast").null_count == len(scores)  # no CGM: no glucose forecast
@@ -199,7 +199,7 @@ def test_vitalstream_train_runs_a_tiny_configuration_end_to_end(tmp_path: Path) 
     import sys
 
     out = tmp_path / "risk_lstm.pt"
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--patients", "20", "--hours", "2", "--epochs", "1"]
+    cmd = [sys.executable, "-m", "cli.main", "train", "--patients", "20", "--hours", "2", "--epochs", "1"]
     r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "promoted" in r.stdout and out.exists() and (tmp_path / "model_card.md").exists()

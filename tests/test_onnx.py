@@ -11,9 +11,9 @@ from conftest import T0
 
 from models.export import export_onnx
 from models.lstm import load_checkpoint
+from models.scorer import HISTORY_SCHEMA, Scorer
 from pipeline.features import window_features
-from pipeline.score import HISTORY_SCHEMA, Scorer
-from pipeline.simulate import SimulationConfig, simulate
+from sim.simulate import SimulationConfig, simulate
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def test_torch_and_onnx_engines_give_the_same_scores(tiny_checkpoint: Path, tmp_
     onnx_file = tmp_path / "m.onnx"
     export_onnx(ckpt, onnx_file)
     empty = HISTORY_SCHEMA.empty_table()
-    a, _ = Scorer(ckpt, engine="torch").score(empty, windows, 300_000)
-    b, _ = Scorer(ckpt, engine="onnx", onnx_path=onnx_file).score(empty, windows, 300_000)
-    c, _ = Scorer(ckpt, engine="onnx", batch_size=7).score(empty, windows, 300_000)  # exported in memory
+    a, _ = Scorer(ckpt, engine="torch").score(empty, windows)
+    b, _ = Scorer(ckpt, engine="onnx", onnx_path=onnx_file).score(empty, windows)
+    c, _ = Scorer(ckpt, engine="onnx", batch_size=7).score(empty, windows)  # exported in memory
     assert len(a) == len(windows) > 100
     for column in a.column_names:
         if column == "scored_at":
@@ -67,13 +67,13 @@ def test_an_onnx_file_from_another_checkpoint_is_refused(tiny_checkpoint: Path, 
 
 
 def test_export_onnx_command_writes_a_file_the_onnx_engine_uses(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from pipeline.cli import main
+    from cli.main import main
     from pipeline.config import Settings, load_settings
     from pipeline.errors import ConfigError
 
     out = tmp_path / "edge.onnx"
     assert main(["export-onnx", "--model", str(tiny_checkpoint), "--out", str(out)]) == 0
-    from flows.scoring import build_scorer
+    from runtime.wiring import build_scorer
 
     scorer = build_scorer(Settings(model_path=tiny_checkpoint, scoring_engine="onnx", onnx_path=out))
     assert scorer.session is not None and scorer.engine == "onnx"

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_lake
 
-from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from sim.broker import EmbeddedBroker
+from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 PREFIX = "outage."
@@ -145,7 +145,7 @@ def test_a_broker_away_too_long_then_a_lake_that_stops_being_writable_lose_nothi
         "VITALSTREAM_BROKER_OUTAGE_TIMEOUT_S": "3",
         "VITALSTREAM_INSTANCE": "0/1",
     }
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", broker.bootstrap, "--lake", str(tmp_path)]
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", broker.bootstrap, "--lake", str(tmp_path)]
     try:
         t0 = time.monotonic()
         r = subprocess.run([*cmd, "--group", "away", "--drain"], env=env, capture_output=True, text=True, timeout=180)
@@ -240,31 +240,3 @@ def test_a_group_that_assigns_no_partitions_is_reported_within_the_timeout(broke
         stop.set()
         poller.join()
         hog.close()
-
-
-class _FlakyEngine:
-    def __init__(self, failures: int) -> None:
-        self.failures, self.calls = failures, 0
-
-    def write(self, out: object) -> None:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise LakeNotWritable("cannot write lake/windows/x.parquet: No space left on device")
-
-
-def test_a_batch_write_is_retried_twice_then_the_error_stands(monkeypatch: pytest.MonkeyPatch) -> None:
-    import logging
-    from types import SimpleNamespace
-
-    import flows.scoring as scoring
-
-    monkeypatch.setattr(scoring, "WRITE_RETRY_DELAYS_S", (0.0, 0.0))
-    out = SimpleNamespace(batch_id="b1")
-    log = logging.getLogger("test")
-    recovers = _FlakyEngine(failures=2)
-    scoring.write_batch(recovers, out, log)  # type: ignore[arg-type]
-    assert recovers.calls == 3
-    broken = _FlakyEngine(failures=3)
-    with pytest.raises(LakeNotWritable, match="No space left"):
-        scoring.write_batch(broken, out, log)  # type: ignore[arg-type]
-    assert broken.calls == 3

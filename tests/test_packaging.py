@@ -40,8 +40,9 @@ def test_wheel_contains_schemas_and_checkpoint(tmp_path: Path) -> None:
     assert "schemas/expectations/windows.json" in names
     assert "schemas/outputs.json" in names
     assert "models/checkpoints/risk_lstm.pt" in names
-    assert "pipeline/bidmc_data/bidmc_numerics_1hz.csv.gz" in names and "pipeline/bidmc_data/README.md" in names
-    assert "pipeline/cli.py" in names and "flows/scoring.py" in names
+    assert "sim/bidmc_data/bidmc_numerics_1hz.csv.gz" in names and "sim/bidmc_data/README.md" in names
+    for module in ("cli/main.py", "flows/scoring.py", "runtime/loop.py", "ops/report.py", "sim/simulate.py"):
+        assert module in names, module
 
 
 def test_readme_documents_every_output_column() -> None:
@@ -53,13 +54,13 @@ def test_readme_documents_every_output_column() -> None:
 
 def test_documented_columns_match_what_the_engine_writes(tiny_checkpoint: Path) -> None:
     from models.lstm import load_checkpoint
-    from pipeline.engine import QUARANTINE_SCHEMA
+    from models.scorer import Scorer
     from pipeline.features import window_columns
-    from pipeline.score import Scorer
+    from pipeline.quarantine import QUARANTINE_SCHEMA
 
     docs = {name: {c["name"] for c in cols} - {"date"} for name, cols in output_schemas().items()}
     assert docs["windows"] == {*window_columns(), "dq_failure"}
     assert docs["quarantine"] == set(QUARANTINE_SCHEMA.names)
-    from pipeline.engine import _empty_scores
+    from runtime.engine import empty_scores
 
-    assert docs["risk_scores"] == set(_empty_scores(Scorer(load_checkpoint(tiny_checkpoint))).column_names)
+    assert docs["risk_scores"] == set(empty_scores(Scorer(load_checkpoint(tiny_checkpoint))).column_names)

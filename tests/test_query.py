@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_report import build_lake
 
-from pipeline.query import connect, latest_risk
+from ops.query import connect, latest_risk
 
 ROOT = Path(__file__).resolve().parents[1]
 

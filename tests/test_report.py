@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import T0, raw_batch
+from conftest import T0, LakeEngine, raw_batch
 
-from models.lstm import load_checkpoint
-from pipeline.cli import main
-from pipeline.engine import Engine, EngineConfig
+from cli.main import main
+from ops.report import gaps, high_risk_episodes, load_patient, write_report
 from pipeline.errors import VitalStreamError
-from pipeline.report import alerts, gaps, load_patient, write_report
-from pipeline.score import RiskLevels, Scorer
+from pipeline.model_contract import RiskLevels
 
 MIN = 60_000
 SILENT_HR = range(20, 35)  # minutes 20-34: the heart-rate monitor sends nothing for three 5-minute windows
@@ -38,14 +36,14 @@ def stream_batch(stream: str, field: str, minutes: range, every_s: int, value: f
 
 def build_lake(lake: Path, tiny_checkpoint: Path) -> Path:
     """One patient, one hour: heart rate with a 15-minute gap and two bad messages, respiration, glucose."""
-    engine = Engine(EngineConfig(lake=lake, group="r"), Scorer(load_checkpoint(tiny_checkpoint)))
+    engine = LakeEngine(lake, tiny_checkpoint, "r")
     minutes = range(0, 60)
     batch = [
         stream_batch("heart_rate", "heart_rate_bpm", minutes, 10, 72.0, skip=SILENT_HR),
         stream_batch("respiration", "respiration_rate_per_min", minutes, 10, 15.0),
         stream_batch("glucose", "glucose_mg_dl", minutes, 60, 110.0),
     ]
-    engine.write(engine.process(batch, drain=True))  # type: ignore[arg-type]
+    engine.write(engine.process(batch, drain=True))
     return lake
 
 
@@ -54,7 +52,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Pat
     return build_lake(tmp_path_factory.mktemp("report") / "lake", tiny_checkpoint)
 
 
-def test_gaps_alerts_and_the_aligned_grid(lake: Path) -> None:
+def test_gaps_high_risk_episodes_and_the_aligned_grid(lake: Path) -> None:
     data = load_patient(lake, "P7", hours=2)  # only one hour of data: the range starts at the first window
     assert data.start == pd.Timestamp(T0, unit="ms", tz="UTC")
     assert data.end == pd.Timestamp(T0 + 60 * MIN, unit="ms", tz="UTC")
@@ -64,7 +62,7 @@ def test_gaps_alerts_and_the_aligned_grid(lake: Path) -> None:
     scores = data.scores["risk_score"].dropna()
     assert len(scores) == 12
     cut = float(scores.sort_values().iloc[6])  # about half the windows at or above it
-    found = alerts(data, RiskLevels(medium=cut / 2, high=cut))
+    found = high_risk_episodes(data, RiskLevels(medium=cut / 2, high=cut))
     covered = sum(int((row.to - row._1) / data.window) for row in found.itertuples())
     assert covered == int((scores >= cut).sum()) and len(found) >= 1
 

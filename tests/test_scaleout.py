@@ -13,10 +13,10 @@ import pytest
 from conftest import assert_same_lake
 from kafka.admin import KafkaAdminClient
 
-from pipeline.broker import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from sim.broker import EmbeddedBroker
+from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 PREFIX = "scale."
@@ -50,7 +50,7 @@ def test_two_instances_give_the_union_of_one_process_and_split_the_patients(
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "VITALSTREAM_TOPIC_PREFIX": PREFIX}
     lake = tmp_path / "two"
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", broker.bootstrap, "--lake", str(lake), "--drain"]
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", broker.bootstrap, "--lake", str(lake), "--drain"]
     procs = [
         subprocess.Popen(
             [*cmd, "--group", "two", "--instance", f"{i}/2"],

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-from pipeline.simulate import SimulationConfig, encode, simulate
+from sim.broker import EmbeddedBroker, free_port
+from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +179,7 @@ def test_a_pseudonymised_run_over_tls_leaves_no_raw_id_in_the_lake_or_logs_and_p
         "VITALSTREAM_PSEUDONYMISE": "true",
         "VITALSTREAM_PSEUDONYM_KEY": "test-key-0123456789abcdef",
     }
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
     r = subprocess.run([*cmd, "--group", "priv", "--drain"], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert proxy.handshakes >= handshakes_before + 2  # the run's consumer and dead-letter/admin clients, over TLS
@@ -221,7 +221,7 @@ def test_a_pseudonymised_run_over_tls_leaves_no_raw_id_in_the_lake_or_logs_and_p
 def test_pseudonymise_without_a_key_is_a_one_line_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.cli import main
+    from cli.main import main
 
     monkeypatch.delenv("VITALSTREAM_PSEUDONYM_KEY", raising=False)
     monkeypatch.setenv("VITALSTREAM_PSEUDONYMISE", "yes")

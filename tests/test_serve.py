@@ -66,7 +66,7 @@ def test_serve_without_a_prefect_server_says_how_to_start_one(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path)  # no profile that names a server
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
+        [sys.executable, "-m", "cli.main", "serve", "--bootstrap", "127.0.0.1:9", "--lake", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -85,9 +85,9 @@ def test_the_scoring_deployment_flow_publishes_artifacts(tmp_path: Path) -> None
     from flows.compaction import compaction_flow
     from flows.quality_report import quality_report_flow
     from flows.serve import scheduled_scoring
-    from pipeline.broker import EmbeddedBroker
     from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
-    from pipeline.simulate import SimulationConfig, encode, simulate
+    from sim.broker import EmbeddedBroker
+    from sim.simulate import SimulationConfig, encode, simulate
 
     lake = tmp_path / "lake"
     with EmbeddedBroker() as broker, prefect_test_harness(server_startup_timeout=60):
@@ -166,7 +166,7 @@ def test_vitalstream_serve_runs_a_deployment_on_a_real_prefect_server(
     run_engine(lake, tiny_checkpoint, batches(6))
     files_before = len(list(lake.glob("*/date=*/*.parquet")))
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--bootstrap", "127.0.0.1:9", "--lake", str(lake)],
+        [sys.executable, "-m", "cli.main", "serve", "--bootstrap", "127.0.0.1:9", "--lake", str(lake)],
         env=prefect_server,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

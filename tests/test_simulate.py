@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from conftest import T0
 from conftest import canonical_readings as readings
 
-from pipeline.simulate import SimulationConfig, detect_events, encode, simulate
+from sim.simulate import SimulationConfig, detect_events, encode, simulate
 
 MIN = 60_000
 

@@ -10,7 +10,7 @@ from conftest import T0
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.features import READINGS_SCHEMA
+from pipeline.readings import READINGS_SCHEMA
 from pipeline.window import WindowConfig, WindowState, step
 
 MIN = 60_000

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-STREAMS = ("glucose", "heart_rate", "respiration", "fall")
+from pipeline.model_contract import CONDITIONS
+
 PROFILES = ("non_diabetic", "type1_diabetic", "respiratory", "frail_elderly")
 PROFILE_SHARE = (0.35, 0.25, 0.20, 0.20)
-CONDITIONS = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
 MG_PER_MMOL = 18.016
 CGM_RANGE = (40.0, 400.0)
 TRUE_FALL_CONFIDENCE = 0.7  # detectors report real falls with high confidence; false alarms below this

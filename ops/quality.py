@@ -15,8 +15,6 @@ tree stays under 1 GiB with 10,000 patients.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.datadocs import kept_results, suite_names
+from ops.datadocs import kept_results, suite_names
+from pipeline.sink import atomic_write
 
 
 def validate_file(suite: str, sample: Path, result_path: Path) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def validate_file(suite: str, sample: Path, result_path: Path) -> dict[str, Any]
 
     table = pq.read_table(sample)
     result = run_great_expectations(table, suite)
-    _atomic(result_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
+    atomic_write(result_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
     failed = {
         f"{r['expectation_config']['type']}:{r['expectation_config']['kwargs'].get('column', '')}": r["result"].get(
             "unexpected_count", 0
@@ -93,16 +92,3 @@ def prune(lake: Path, keep_days: float, now: datetime | None = None) -> int:
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
-
-
-def write_sample(table: pa.Table, path: Path) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write beside `path` under a hidden name, then rename: a crash never leaves a partial sample or result
-    (which the validation and the Data Docs would then trip over on every run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "replay", help="produce the BIDMC ICU recordings (real heart and respiration rates, PhysioNet) to Kafka"
     )
-    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy shipped in pipeline/bidmc_data/)")
+    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy shipped in sim/bidmc_data/)")
     rp.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     rp.set_defaults(handler=cmd_replay)
 
@@ -155,7 +155,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from pipeline.broker import EmbeddedBroker
+    from sim.broker import EmbeddedBroker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -185,7 +185,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
-    from pipeline.replay import BIDMC_CSV, bidmc_messages, read_bidmc
+    from sim.replay import BIDMC_CSV, bidmc_messages, read_bidmc
 
     settings = _settings(args, bootstrap=args.bootstrap)
     if not settings.bootstrap:
@@ -210,7 +210,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, seed: int) -> int:
     from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
-    from pipeline.simulate import SimulationConfig, encode, simulate
+    from sim.simulate import SimulationConfig, encode, simulate
 
     kafka = settings.kafka(bootstrap)
     check_reachable(kafka)
@@ -248,19 +248,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
-    from flows.scoring import build_scorer, scoring_flow
-    from pipeline.kafka_io import check_reachable
-    from pipeline.sink import ensure_writable
+    from flows.scoring import scoring_flow
+    from runtime.wiring import preflight
 
-    # Expected failures surface here, as one line, before Prefect starts a run.
-    if settings.pseudonymise:
-        from pipeline.privacy import key_from_env
-
-        key_from_env()
-    ensure_writable(settings.lake)
-    build_scorer(settings)
-    check_reachable(settings.kafka(bootstrap))
-
+    preflight(settings, bootstrap)  # expected failures surface here, as one line, before Prefect starts a run
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_drop_expected_tracebacks)
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
@@ -280,7 +271,7 @@ def _drop_expected_tracebacks(record: logging.LogRecord) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.broker import EmbeddedBroker
+    from sim.broker import EmbeddedBroker
 
     settings = _settings(args, lake=args.lake, scoring_engine=args.engine)
     with EmbeddedBroker() as broker:
@@ -294,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict[str, Any], settings: Any) -> None:
-    from pipeline.query import latest_risk
+    from ops.query import latest_risk
 
     q = s["quarantined"]
     rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
@@ -325,7 +316,7 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from pipeline.query import connect
+    from ops.query import connect
 
     settings = _settings(args, lake=args.lake)
     con = connect(settings.lake)
@@ -382,7 +373,7 @@ def _bar(total: int, desc: str) -> Any:
     return tqdm(total=total, unit=" msg", unit_scale=True, desc=desc, file=sys.stderr)
 
 
-# --- issue 5: operations (serve, compact, quality, report) ---------------------------------------------
+# --- operations: serve, compact, quality, report ---------------------------------------------------------
 
 
 def _add_operations_commands(sub: Any) -> None:
@@ -410,7 +401,7 @@ def _add_operations_commands(sub: Any) -> None:
     qa.add_argument("--lake", type=Path)
     qa.set_defaults(handler=cmd_quality)
 
-    rp = sub.add_parser("report", help="one patient's streams, risk, alerts and gaps as HTML + PNG")
+    rp = sub.add_parser("report", help="one patient's streams, risk, high-risk episodes and gaps as HTML + PNG")
     rp.add_argument("--patient", required=True, help="patient id, e.g. P000042")
     rp.add_argument("--hours", type=float, help="hours shown, ending at the patient's last window (default 24)")
     rp.add_argument("--lake", type=Path)
@@ -441,7 +432,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from pipeline.compact import compact
+    from ops.compact import compact
 
     settings = _settings(args, lake=args.lake)
     r = compact(settings.lake, int(settings.compact_target_mb * 2**20))
@@ -454,8 +445,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from pipeline.datadocs import build_data_docs
-    from pipeline.quality import prune, validate_pending
+    from ops.datadocs import build_data_docs
+    from ops.quality import prune, validate_pending
 
     settings = _settings(args, lake=args.lake)
     validated = validate_pending(settings.lake)
@@ -474,8 +465,8 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 def _demo_report(settings: Any) -> None:
     """The demo ends with a picture: the report of the patient whose latest risk is highest."""
-    from pipeline.query import latest_risk
-    from pipeline.report import write_report
+    from ops.query import latest_risk
+    from ops.report import write_report
 
     top = latest_risk(settings.lake, limit=1)
     if top:
@@ -485,7 +476,7 @@ def _demo_report(settings: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
+    from ops.report import write_report
 
     settings = _settings(args, lake=args.lake)
     hours = args.hours or settings.report_hours

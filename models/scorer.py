@@ -7,7 +7,6 @@ A window with no data in the context (a gap) is all zeros, presence flags includ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.lstm import CONDITIONS, MODEL_FEATURES, Checkpoint
+from models.lstm import Checkpoint
 from pipeline.features import VITALS
+from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, RiskLevels
+from pipeline.readings import epoch_ms
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
 # The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
 FORECAST_VITALS: dict[str, str] = dict(VITALS)
-__all__ = ["ENGINES", "HISTORY_SCHEMA", "MODEL_FEATURES", "RiskLevels", "Scorer", "feature_matrix", "sequences"]
+__all__ = ["ENGINES", "HISTORY_SCHEMA", "Scorer", "feature_matrix", "prune_history", "sequences"]
 
 
 HISTORY_SCHEMA = pa.schema(
@@ -35,18 +36,6 @@ HISTORY_SCHEMA = pa.schema(
 def model_inputs(windows: pa.Table) -> pa.Table:
     """The columns the model reads, as floats: what the flow keeps per patient as scoring context."""
     return windows.select(HISTORY_SCHEMA.names).cast(HISTORY_SCHEMA)
-
-
-@dataclass(frozen=True)
-class RiskLevels:
-    """Calibrated probability cut-offs for `risk_level`."""
-
-    medium: float = 0.2
-    high: float = 0.5
-
-    def label(self, p: np.ndarray) -> pa.Array:
-        level = np.where(p >= self.high, "high", np.where(p >= self.medium, "medium", "low"))
-        return pa.array(level, pa.string())
 
 
 def feature_matrix(windows: pa.Table, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -70,8 +59,8 @@ def sequences(
     )
     codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
     c_code, t_code = codes[: len(context)], codes[len(context) :]
-    c_idx = _ms(context.column("window_start")) // window_ms
-    t_idx = _ms(targets.column("window_start")) // window_ms
+    c_idx = epoch_ms(context.column("window_start")) // window_ms
+    t_idx = epoch_ms(targets.column("window_start")) // window_ms
     span = int(max(c_idx.max(initial=0), t_idx.max(initial=0))) + length + 1
     c_key = c_code * span + c_idx
     order = np.argsort(c_key, kind="stable")
@@ -98,9 +87,11 @@ class Scorer:
         batch_size: int = 2048,
         engine: str = "torch",
         onnx_path: Path | None = None,
+        window_ms: int = 300_000,
     ) -> None:
-        if checkpoint.feature_names != MODEL_FEATURES:
-            raise ValueError("checkpoint was trained on a different feature set; retrain it (vitalstream train)")
+        problem = checkpoint.contract().mismatch(window_ms)
+        if problem is not None:
+            raise ValueError(problem)
         if len(checkpoint.config.forecast_pairs) != len(FORECAST_VITALS):
             raise ValueError("checkpoint has no forecast for every vital; retrain it (vitalstream train)")
         if engine not in ENGINES:
@@ -114,6 +105,7 @@ class Scorer:
         self.levels = levels or RiskLevels()
         self.batch_size = batch_size
         self.length = checkpoint.config.window_count
+        self.window_ms = window_ms
 
     def network(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[N, L, F] -> raw network outputs (logits [N, heads], forecast [N, 2, 2K]), in chunks."""
@@ -136,11 +128,12 @@ class Scorer:
         """[N, L, F] -> calibrated probabilities [N, heads]."""
         return self.checkpoint.probabilities(self.network(x)[0])
 
-    def score(self, history: pa.Table, closed: pa.Table, window_ms: int) -> tuple[pa.Table, pa.Table]:
-        """Score `closed` windows with context from `history`; returns (risk_scores, new history)."""
+    def score(self, history: pa.Table, closed: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Score `closed` windows with context from `history`; returns (risk_scores, the context: history
+        and the closed windows' model inputs, to be pruned with `prune_history` and kept)."""
         context = pa.concat_tables([history.cast(HISTORY_SCHEMA), model_inputs(closed)])
         ctx_x = feature_matrix(context, self.center, self.scale)
-        x, present = sequences(context, ctx_x, closed, window_ms, self.length)
+        x, present = sequences(context, ctx_x, closed, self.window_ms, self.length)
         logits, forecast = self.network(x)
         p = self.checkpoint.probabilities(logits)
         heads = self.checkpoint.config.heads
@@ -164,7 +157,7 @@ class Scorer:
         scores["model_version"] = pa.array([self.checkpoint.version] * len(closed), pa.string())
         now = datetime.now(UTC).replace(microsecond=0)
         scores["scored_at"] = pa.array([now] * len(closed), pa.timestamp("ms", tz="UTC"))
-        return pa.table(scores), prune_history(context, window_ms, self.length)
+        return pa.table(scores), context
 
     def anomalies(self, x: np.ndarray, forecast_now: np.ndarray, closed: pa.Table) -> pa.Array:
         """Streams whose observed window mean lies outside the interval forecast for this window from the
@@ -198,17 +191,18 @@ def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
     return session
 
 
-def prune_history(context: pa.Table, window_ms: int, length: int) -> pa.Table:
-    """Keep, per patient, only windows that can still be context: within L-1 windows of their latest."""
+def prune_history(context: pa.Table, window_ms: int, length: int, watermark_ms: int | None = None) -> pa.Table:
+    """The windows that can still be context for a later score: per patient, within L-1 windows of the
+    patient's latest; and, once there is a watermark, starting after watermark - (L+1) windows (a patient who
+    went quiet is forgotten instead of kept in the state for ever)."""
+    context = context.select(HISTORY_SCHEMA.names)
     if len(context) == 0:
         return context
-    start = _ms(context.column("window_start"))
+    start = epoch_ms(context.column("window_start"))
     codes = np.asarray(pc.dictionary_encode(context.column("patient_id")).combine_chunks().indices, dtype=np.int64)
     latest = np.full(codes.max() + 1, np.iinfo(np.int64).min)
     np.maximum.at(latest, codes, start)
     keep = start > latest[codes] - length * window_ms
+    if watermark_ms is not None:
+        keep &= start > watermark_ms - (length + 1) * window_ms
     return context.filter(pa.array(keep))
-
-
-def _ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -1,0 +1,1 @@
+"""The `vitalstream` command line, on top of every other package (`cli.main`)."""

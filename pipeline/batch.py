@@ -1,0 +1,53 @@
+"""One poll's messages of one topic, as Arrow columns: what the Kafka edge hands to the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass
+class RawBatch:
+    """Messages of one topic, as columns: keys and values are binary Arrow arrays of the original bytes
+    (lists of bytes are converted)."""
+
+    stream: str
+    topic: str
+    keys: pa.Array
+    values: pa.Array
+    partitions: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    timestamps_ms: np.ndarray  # int64, Kafka record timestamps
+    headers: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)  # position -> Kafka headers, if any
+    _keys: pa.Array | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, pa.Array):
+            self.keys = pa.array(self.keys, pa.binary())
+        if not isinstance(self.values, pa.Array):
+            self.values = pa.array(self.values, pa.binary())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def key_array(self) -> pa.Array:
+        """Keys as UTF-8 strings (a key that is not UTF-8 shows replacement characters)."""
+        if self._keys is None:
+            self._keys = valid_utf8(self.keys.cast(pa.string(), safe=False))
+        return self._keys
+
+    def value_array(self) -> pa.Array:
+        return self.values
+
+
+def valid_utf8(arr: pa.Array) -> pa.Array:
+    try:
+        arr.validate(full=True)
+        return arr
+    except pa.ArrowInvalid:
+        # A key that is not UTF-8 cannot equal a patient id: keep it visible as a replacement string.
+        return pa.array(
+            [None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()]
+        )

@@ -1,0 +1,266 @@
+"""One micro-batch through every stage, as plain functions over Arrow tables; no Kafka, no Prefect, no files.
+
+    RawBatch per topic -> decode -> route (suites) -> canonical readings -> window.step -> features
+    -> score -> BatchOutput: (risk_scores, windows, quarantine, dead letters) tables + counts
+
+`Engine` holds what a run carries from batch to batch (`EngineState`: open windows, watermark, scoring
+context, offsets, totals). It reads and writes nothing: `runtime.loop` persists each batch's outputs and
+then the state (`snapshot()`), and a restart builds the engine from the last saved state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from models.scorer import HISTORY_SCHEMA, Scorer, prune_history
+from pipeline.batch import RawBatch
+from pipeline.contract import readings_suite_name, stream_contract
+from pipeline.decode import decode
+from pipeline.features import window_schema
+from pipeline.privacy import pseudonymise_columns
+from pipeline.quarantine import DEAD_LETTER_SCHEMA, quarantine_rows
+from pipeline.readings import PROVENANCE_SCHEMA, to_readings
+from pipeline.validate import route
+from pipeline.window import WindowConfig, WindowState, step
+
+_ID_COLUMNS = ("patient_id", "key", "device_id")  # device ids often embed the patient id (e.g. "cgm-P000042")
+
+
+@dataclass
+class Totals:
+    consumed: int = 0
+    windowed: int = 0
+    duplicates: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    scored: int = 0
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    def add(self, other: Totals) -> None:
+        self.consumed += other.consumed
+        self.windowed += other.windowed
+        self.duplicates += other.duplicates
+        self.quarantined.update(other.quarantined)
+        self.windows += other.windows
+        self.scored += other.scored
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumed": self.consumed,
+            "windowed": self.windowed,
+            "duplicates": self.duplicates,
+            "quarantined": dict(self.quarantined),
+            "windows": self.windows,
+            "scored": self.scored,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Totals:
+        return cls(d["consumed"], d["windowed"], d["duplicates"], Counter(d["quarantined"]), d["windows"], d["scored"])
+
+
+@dataclass
+class EngineState:
+    """Everything a restart needs to carry on exactly where the last saved batch ended."""
+
+    window: WindowState = field(default_factory=WindowState)
+    history: pa.Table = field(default_factory=HISTORY_SCHEMA.empty_table)  # recent windows: scoring context
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset to read
+    seq: int = 0  # batches processed so far in this group: names the batch's files
+    totals: Totals = field(default_factory=Totals)  # since the group's first run
+
+
+@dataclass
+class BatchOutput:
+    seq: int  # the batch's number in its group: its Parquet files are named by it
+    risk_scores: pa.Table
+    windows: pa.Table
+    quarantine: pa.Table  # as written to the lake (pseudonymised when that is on)
+    dead_letters: pa.Table  # the same messages with their original bytes and headers, for the dead-letter topic
+    counts: Totals
+    pending_before: int
+    pending_after: int
+
+    def datasets(self) -> dict[str, pa.Table]:
+        """The tables the lake keeps, by dataset name."""
+        return {"risk_scores": self.risk_scores, "windows": self.windows, "quarantine": self.quarantine}
+
+
+@dataclass
+class EngineConfig:
+    window: WindowConfig = field(default_factory=WindowConfig)
+    quality_sample_rows: int = 20_000  # rows per suite and sample that Great Expectations itself validates
+    pseudonym_key: bytes | None = None  # set: patient and device ids are pseudonymised in everything written
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, scorer: Scorer, restored: EngineState | None = None) -> None:
+        self.cfg = cfg
+        self.scorer = scorer
+        saved = restored or EngineState()
+        self.state = saved.window
+        self.history = saved.history
+        self.offsets = dict(saved.offsets)
+        self.seq = saved.seq
+        self.totals = saved.totals
+        self.quality = QualitySample(cfg.quality_sample_rows)
+
+    @property
+    def pending(self) -> int:
+        """Readings waiting in open windows."""
+        return self.state.open_readings
+
+    def snapshot(self) -> EngineState:
+        """The state after the last processed batch, for the checkpoint (shares the tables; not a copy)."""
+        return EngineState(self.state, self.history, dict(self.offsets), self.seq, self.totals)
+
+    def process(self, batches: list[RawBatch], drain: bool = False, lagging: Collection[str] = ()) -> BatchOutput:
+        """One micro-batch. `lagging`: sources ("topic:partition") with unread messages left in Kafka;
+        they hold the watermark (see pipeline.window)."""
+        pending_before = self.pending
+        counts = Totals(consumed=sum(len(b) for b in batches))
+        quarantine: list[pa.Table] = []
+        readings: list[pa.Table] = []
+        by_stream = {b.stream: b for b in batches}
+        for batch in batches:
+            contract = stream_contract(batch.stream)
+            decoded = decode(batch, contract)
+            quarantine.append(
+                quarantine_rows(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail)
+            )
+            suite = readings_suite_name(batch.stream)
+            routing = route(decoded.table, suite)  # on the raw ids: their rules (length, key match) need them
+            table = decoded.table
+            if self.cfg.pseudonym_key is not None:
+                # From here on (quality sample, windows, state, scores) only pseudonyms exist.
+                table = pseudonymise_columns(table, _ID_COLUMNS, self.cfg.pseudonym_key)
+            self.quality.add(suite, table, routing.failed)
+            bad = np.flatnonzero(routing.failed)
+            if len(bad):
+                src = np.asarray(table.column("src").to_numpy())[bad]
+                quarantine.append(quarantine_rows(batch, src, routing.reason[bad].tolist(), [""] * len(bad)))
+            good = table.filter(pa.array(~routing.failed))
+            readings.append(to_readings(good, contract))
+        canonical = pa.concat_tables(readings) if readings else None
+        if canonical is None or len(canonical) == 0:
+            canonical = _empty_canonical()
+        result = step(self.state, canonical, self.cfg.window, drain=drain, lagging=lagging)
+        counts.duplicates = int(result.duplicate.sum())
+        late = np.flatnonzero(result.late)
+        if len(late):
+            late_rows = canonical.take(pa.array(late))
+            streams = late_rows.column("stream").to_pylist()
+            src_all = np.asarray(late_rows.column("src").to_numpy())
+            for stream in set(streams):
+                sel = np.asarray([s == stream for s in streams])
+                quarantine.append(quarantine_rows(by_stream[stream], src_all[sel], "late", "window already closed"))
+        windows = result.windows
+        counts.windowed = result.windowed_readings
+        counts.windows = len(windows)
+        if len(windows):
+            routing = route(windows, "windows")
+            self.quality.add("windows", windows, routing.failed)
+            windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
+            scores, context = self.scorer.score(self.history, windows)
+            self.history = prune_history(
+                context, self.cfg.window.window_ms, self.scorer.length, self.state.watermark_ms
+            ).cast(HISTORY_SCHEMA)
+        else:
+            scores = empty_scores(self.scorer)
+            windows = windows.append_column("dq_failure", pa.array([], pa.string()))
+        counts.scored = len(scores)
+        dead = pa.concat_tables(quarantine) if quarantine else DEAD_LETTER_SCHEMA.empty_table()
+        counts.quarantined = Counter(dead.column("reason").to_pylist())
+        q = self._lake_quarantine(dead)
+        for b in batches:
+            if len(b):
+                for p in np.unique(b.partitions).tolist():
+                    key = f"{b.topic}:{p}"
+                    self.offsets[key] = max(self.offsets.get(key, 0), int(b.offsets[b.partitions == p].max()) + 1)
+        self.totals.add(counts)
+        self.seq += 1
+        return BatchOutput(self.seq, scores, windows, q, dead, counts, pending_before, self.pending)
+
+    def _lake_quarantine(self, dead: pa.Table) -> pa.Table:
+        q = dead.drop_columns(["headers"])
+        if self.cfg.pseudonym_key is None:
+            return q
+        # The original bytes carry the raw ids: they stay in Kafka (the dead-letter topic), not in the lake.
+        q = pseudonymise_columns(q, ("patient_id",), self.cfg.pseudonym_key)
+        n = len(q)
+        q = q.set_column(q.schema.get_field_index("key"), "key", pa.nulls(n, pa.binary()))
+        return q.set_column(q.schema.get_field_index("value"), "value", pa.nulls(n, pa.binary()))
+
+
+class QualitySample:
+    """A bounded, per-suite sample of validated rows: every failed row first, then a deterministic stride
+    over passing rows. Routing applies the Arrow-compiled suites to every row; Great Expectations itself
+    validates the written sample afterwards, outside the scoring run (ops.quality.validate_pending)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.tables: dict[str, list[pa.Table]] = {}
+        self.rows: Counter[str] = Counter()  # rows in the sample being gathered
+        # Since this engine started (one run), over all samples written:
+        self.checked: Counter[str] = Counter()  # rows the Arrow-compiled suite checked
+        self.failed: Counter[str] = Counter()  # of those, rows with an unexpected value
+        self.sampled: Counter[str] = Counter()  # rows written to samples
+        self.last: dict[str, str] = {}  # suite -> path of its latest sample
+
+    def add(self, suite: str, table: pa.Table, failed: np.ndarray) -> None:
+        self.checked[suite] += len(table)
+        self.failed[suite] += int(np.count_nonzero(failed))
+        room = self.cap - self.rows[suite]
+        if room <= 0 or len(table) == 0:
+            return
+        bad = np.flatnonzero(failed)[:room]
+        good = np.flatnonzero(~failed)
+        stride = max(1, len(good) // max(1, (room - len(bad)) // 4))  # leave room for later batches
+        take = np.concatenate([bad, good[::stride][: max(0, room - len(bad))]])
+        part = table.take(pa.array(np.sort(take)))
+        self.tables.setdefault(suite, []).append(part)
+        self.rows[suite] += len(part)
+
+    def write(self, write_sample: Callable[[str, pa.Table], str]) -> dict[str, dict[str, Any]]:
+        """Hand each suite's sample to `write_sample(suite, table)`, which stores it and returns where, and
+        start a new sample. Returns per suite, since the run started: rows checked and failed by the
+        Arrow-compiled rules, rows sampled, and the latest sample's path."""
+        for suite, parts in self.tables.items():
+            table = pa.concat_tables(parts)
+            drop = [c for c in ("src",) if c in table.column_names]
+            self.last[suite] = write_sample(suite, table.drop_columns(drop))
+            self.sampled[suite] += len(table)
+        self.tables.clear()
+        self.rows.clear()
+        return {
+            suite: {
+                "checked": self.checked[suite],
+                "failed": self.failed[suite],
+                "sampled": self.sampled[suite],
+                "sample": self.last.get(suite, ""),
+            }
+            for suite in sorted(self.checked)
+            if self.checked[suite]
+        }
+
+
+def _empty_canonical() -> pa.Table:
+    return PROVENANCE_SCHEMA.empty_table()
+
+
+def empty_scores(scorer: Scorer) -> pa.Table:
+    """A risk_scores table with no rows, in the scorer's columns."""
+    scores, _ = scorer.score(HISTORY_SCHEMA.empty_table(), window_schema().empty_table())
+    return scores
+
+
+__all__ = ["BatchOutput", "Engine", "EngineConfig", "EngineState", "Totals"]

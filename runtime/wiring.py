@@ -1,0 +1,107 @@
+"""Start-up: settings in, the real parts plugged into the run loop (Kafka source and dead letters, the
+Parquet lake, the state checkpoint, the scorer). No Prefect here: `flows.scoring` wraps `run_scoring`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any
+
+import pyarrow as pa
+
+from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
+from models.scorer import Scorer
+from pipeline.config import Settings
+from pipeline.consumer_process import ConsumerProcess
+from pipeline.errors import ModelError
+from pipeline.kafka_io import DeadLetters, check_reachable
+from pipeline.privacy import key_from_env
+from pipeline.sink import ParquetLake, ensure_writable, restrict_permissions
+from runtime.checkpoint import FileCheckpoints
+from runtime.engine import EngineConfig
+from runtime.loop import LoopConfig, Mode, RunSummary, run
+
+
+def build_scorer(settings: Settings) -> Scorer:
+    """The scorer the settings ask for; ModelError (one line, what to do) when it cannot be built."""
+    path = settings.model_path or DEFAULT_CHECKPOINT
+    try:
+        if settings.onnx_path is not None and not settings.onnx_path.exists():
+            raise ModelError(f"ONNX model {settings.onnx_path} not found (write it with `vitalstream export-onnx`)")
+        onnx_path = settings.onnx_path or path.with_suffix(".onnx")
+        return Scorer(
+            load_checkpoint(path),
+            settings.levels(),
+            engine=settings.scoring_engine,
+            onnx_path=onnx_path,
+            window_ms=settings.window().window_ms,
+        )
+    except FileNotFoundError as exc:
+        raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+
+
+def preflight(settings: Settings, bootstrap: str) -> None:
+    """The expected failures (no pseudonym key, lake not writable, no model, no broker), each as one line,
+    before anything starts."""
+    if settings.pseudonymise:
+        key_from_env()
+    ensure_writable(settings.lake)
+    build_scorer(settings)
+    check_reachable(settings.kafka(bootstrap))
+
+
+def use_jemalloc() -> None:
+    """Arrow's jemalloc pool, unless ARROW_DEFAULT_MEMORY_POOL says otherwise: it returns freed batch memory
+    to the OS between batches, which keeps a long run's peak memory lowest (see docs/performance.md)."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    with contextlib.suppress(NotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+def run_scoring(
+    settings: Settings,
+    bootstrap: str,
+    mode: Mode = "until-idle",
+    logger: Any = None,
+    progress: bool = False,
+    max_idle_polls: int = 40,
+) -> RunSummary:
+    """Consume the four topics (they must exist), score closed windows, write the lake; the run summary."""
+    kafka = settings.kafka(bootstrap)
+    pseudonym_key = key_from_env() if settings.pseudonymise else None
+    restrict_permissions()  # the lake holds health data: files 0o640, directories 0o750
+    ensure_writable(settings.lake)
+    use_jemalloc()
+    name = settings.state_name()
+    engine_cfg = EngineConfig(settings.window(), settings.quality_sample_rows, pseudonym_key)
+    loop_cfg = LoopConfig(mode=mode, max_idle_polls=max_idle_polls, outage_timeout_s=settings.broker_outage_timeout_s)
+    bar = _progress(progress)
+    try:
+        return run(
+            engine_cfg,
+            build_scorer(settings),
+            ConsumerProcess(kafka, settings.group, settings.max_batch_records),
+            DeadLetters(kafka),
+            ParquetLake(settings.lake, name),
+            FileCheckpoints(settings.lake, name, settings.window()),
+            loop_cfg,
+            logger,
+            on_batch=(lambda out: bar.update(out.counts.consumed)) if bar is not None else None,
+            names=(f"Kafka broker {kafka.bootstrap}", str(settings.lake)),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" msg", unit_scale=True, desc="scoring", file=sys.stderr)
