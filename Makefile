@@ -6,7 +6,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: setup demo test soak bench lint train clean test-server
+.PHONY: setup demo test soak bench lint docs train clean test-server
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline flows models
+
+docs: setup  # rewrite the generated tables in README.md and docs/ (settings, output columns, wire examples)
+	$(PY) docs/generate.py
 
 train: setup
 	$(VENV)/bin/vitalstream train

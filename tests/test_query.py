@@ -1,4 +1,4 @@
-"""The analysts' first queries in the README run against a lake the real engine wrote, and answer."""
+"""The analysts' first queries in docs/analysts.md run against a lake the real engine wrote, and answer."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from ops.query import connect, latest_risk
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_sql() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def documented_sql() -> list[str]:
+    text = (ROOT / "docs" / "analysts.md").read_text()
     start = text.index("## Querying the results")
     section = text[start : text.index("\n## ", start + 1)]
     return re.findall(r"```sql\n(.*?)```", section, re.S)
@@ -25,8 +25,8 @@ def report_lake(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path)
     return build_lake(tmp_path_factory.mktemp("query") / "lake", tiny_checkpoint)
 
 
-def test_every_readme_query_runs_and_answers(report_lake: Path) -> None:
-    queries = readme_sql()
+def test_every_documented_query_runs_and_answers(report_lake: Path) -> None:
+    queries = documented_sql()
     assert len(queries) == 5
     con = connect(report_lake)
     try:
