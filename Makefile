@@ -24,19 +24,19 @@ test: setup
 
 soak: setup  # long versions: kill trials, fuzz examples, outage seconds (make test runs short ones)
 	KILL_TRIALS=$${KILL_TRIALS:-20} FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_BROKER_EXAMPLES=$${FUZZ_BROKER_EXAMPLES:-5} \
-	OUTAGE_S=$${OUTAGE_S:-60} SOAK=1 $(PY) -m pytest -s tests/test_crash.py tests/test_hostile.py tests/test_outage.py
+	OUTAGE_S=$${OUTAGE_S:-60} SOAK=1 $(PY) -m pytest -s tests/system/test_crash.py tests/system/test_hostile.py tests/system/test_outage.py
 
 test-server: setup  # also runs a deployment through `vitalstream serve` on a real `prefect server start` (~1 min)
-	VITALSTREAM_SERVER_TESTS=1 $(PY) -m pytest tests/test_serve.py
+	VITALSTREAM_SERVER_TESTS=1 $(PY) -m pytest tests/system/test_serve.py
 
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/scoring.py
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline flows models
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline sim ops models runtime flows cli
 
-docs: setup  # rewrite the generated tables in README.md and docs/ (settings, output columns, wire examples)
+docs: setup  # regenerate what is copied from code: tables in README.md and docs/, and prefect.yaml
 	$(PY) docs/generate.py
 
 train: setup

@@ -1,12 +1,12 @@
 """Fill the generated regions of the docs from the code and schemas that hold the facts.
 
     python docs/generate.py          # rewrite every region that is out of date (`make docs`)
-    python docs/generate.py --check  # change nothing; exit 1 naming each stale file (tests/test_docs.py)
+    python docs/generate.py --check  # change nothing; exit 1 naming each stale file (tests/system/test_docs.py)
 
 A region is everything between `<!-- BEGIN GENERATED: <name> -->` and `<!-- END GENERATED: <name> -->`.
 Edit the source, never the region: the settings table comes from `pipeline.config` (`Settings` and
 `SETTING_DOCS`), the column tables from `schemas/outputs.json`, the wire examples from `schemas/streams/`.
-Imports nothing from the project but `pipeline.config` and `pipeline.contract`.
+Whole files too: `prefect.yaml` comes from the deployment list in `flows/serve.py`.
 """
 
 from __future__ import annotations
@@ -85,6 +85,17 @@ REGIONS: dict[str, dict[str, Callable[[], str]]] = {
     "docs/analysts.md": {"columns": column_tables},
 }
 
+
+
+def prefect_yaml() -> str:
+    from flows.serve import prefect_yaml as render_prefect_yaml
+
+    return render_prefect_yaml()
+
+
+# whole files (relative to the repository root) -> what they hold
+FILES: dict[str, Callable[[], str]] = {"prefect.yaml": prefect_yaml}
+
 _REGION = re.compile(
     r"(<!-- BEGIN GENERATED: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S
 )
@@ -103,16 +114,21 @@ def render(text: str, regions: dict[str, Callable[[], str]], where: str = "") ->
 
 
 def stale_files(root: Path = ROOT) -> list[str]:
-    """The files whose generated regions differ from what the sources give now."""
-    return [name for name, regions in REGIONS.items() if _differs(root / name, regions, name)]
+    """The files (or their generated regions) that differ from what the sources give now."""
+    stale = [name for name, regions in REGIONS.items() if _differs(root / name, regions, name)]
+    return stale + [name for name, make in FILES.items() if _read(root / name, name) != make()]
 
 
 def _differs(path: Path, regions: dict[str, Callable[[], str]], name: str) -> bool:
+    text = _read(path, name)
+    return render(text, regions, name) != text
+
+
+def _read(path: Path, name: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"{name}: cannot read it ({exc.strerror})") from exc
-    return render(text, regions, name) != text
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
@@ -130,7 +146,8 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
         return 1 if stale else 0
     for name in stale:
         path = root / name
-        path.write_text(render(path.read_text(encoding="utf-8"), REGIONS[name], name), encoding="utf-8")
+        text = FILES[name]() if name in FILES else render(path.read_text(encoding="utf-8"), REGIONS[name], name)
+        path.write_text(text, encoding="utf-8")
         print(f"rewrote {name}")
     return 0
 

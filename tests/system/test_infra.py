@@ -15,7 +15,7 @@ import yaml
 from flows.serve import deployments
 from pipeline.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 
 

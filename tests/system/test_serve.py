@@ -20,7 +20,7 @@ import pytest
 from flows.serve import deployments
 from pipeline.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_deployments_have_the_schedules_entrypoints_and_parameters_of_their_flows(tmp_path: Path) -> None:

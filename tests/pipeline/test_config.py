@@ -11,7 +11,7 @@ from cli.main import main
 from pipeline.config import SETTING_DOCS, Settings, load_settings
 from pipeline.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def configuration_section() -> str:
@@ -21,7 +21,7 @@ def configuration_section() -> str:
 
 
 def test_every_setting_has_a_doc_and_a_row_in_the_settings_table() -> None:
-    # The table is generated from SETTING_DOCS (docs/generate.py); tests/test_docs.py checks it is current.
+    # The table is generated from SETTING_DOCS (docs/generate.py); tests/system/test_docs.py checks it is current.
     section = configuration_section()
     table_rows = [line for line in section.splitlines() if line.startswith("| `")]
     for f in fields(Settings):

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.contract import output_schemas
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.integration
@@ -46,7 +46,7 @@ def test_wheel_contains_schemas_and_checkpoint(tmp_path: Path) -> None:
 
 
 def test_docs_document_every_output_column() -> None:
-    # docs/analysts.md's column tables are generated from schemas/outputs.json; tests/test_docs.py checks currency.
+    # docs/analysts.md's column tables are generated from schemas/outputs.json (tests/system/test_docs.py)
     text = (ROOT / "docs" / "analysts.md").read_text()
     for dataset, columns in output_schemas().items():
         section = text.split(f"### `{dataset}/`\n", 1)[1].split("\n#", 1)[0]  # up to the next heading

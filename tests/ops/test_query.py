@@ -10,7 +10,7 @@ from test_report import build_lake
 
 from ops.query import connect, latest_risk
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def documented_sql() -> list[str]:

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
@@ -29,7 +29,7 @@ def test_generated_regions_are_current(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_check_mode_names_a_stale_file_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gen = generator()
-    for name in gen.REGIONS:
+    for name in [*gen.REGIONS, *gen.FILES]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     page = tmp_path / "docs" / "operations.md"
