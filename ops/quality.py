@@ -6,10 +6,9 @@ to `lake/_quality/<suite>/<sample id>.parquet`. Great Expectations itself valida
 in the `vitalstream-validate` flow (a deployment every few minutes under `vitalstream serve`; `vitalstream
 run` and `demo` call it when their scoring run ends), and keeps its result beside the sample as .json.
 
-Why not inside the run: importing Great Expectations costs about 130 MiB and 3-4 s of CPU, and its
-validation more (a helper process peaked at 340 MiB). Inside a run that happens every minute that was the
-largest cost after the consumer; outside it, it is paid once per few minutes and a scoring run's process
-tree stays under 1 GiB with 10,000 patients.
+Why not inside the run: importing and running Great Expectations costs more memory and CPU than anything
+in a scoring run but the consumer (figures in docs/performance.md). Outside it, it is paid once per few
+minutes instead of once per run.
 """
 
 from __future__ import annotations
