@@ -86,7 +86,6 @@ REGIONS: dict[str, dict[str, Callable[[], str]]] = {
 }
 
 
-
 def prefect_yaml() -> str:
     from flows.serve import prefect_yaml as render_prefect_yaml
 

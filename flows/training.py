@@ -1,8 +1,9 @@
 """The training flow: simulate -> train -> calibrate -> evaluate -> promote or not -> checkpoint + model card.
 
-Thin on purpose: the work lives in `models.train`; the flow adds what orchestration adds (a named run,
-logs, a schedule when served) and the promotion rule: the new checkpoint replaces the one at `out` only
-when it beats it on the same test windows (or `force`); otherwise it is written beside it as a candidate.
+Thin on purpose: the work lives in `models.train`, `models.card` and `models.figures`; the flow adds what
+orchestration adds (a named run, logs, a schedule when served) and the promotion rule: the new checkpoint
+replaces the one at `out` only when it beats it on the same test windows (or `force`); otherwise it is
+written beside it as a candidate.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.exceptions import MissingContextError
 
+from models.card import model_card
+from models.figures import pictures
 from models.lstm import DEFAULT_CHECKPOINT
-from models.train import TrainConfig, model_card, pictures, shipped_figures, should_promote, train
+from models.train import TrainConfig, shipped_figures, should_promote, train
 
 
 @flow(name="vitalstream-train", validate_parameters=False)

@@ -1,5 +1,6 @@
 """How the risk model is judged: discrimination, calibration, the clinical baselines on the same windows,
-alerting at a fixed budget, and patient-level bootstrap intervals. Plain NumPy over arrays, no training.
+alerting at a fixed budget and patient-level bootstrap intervals (plain NumPy over arrays); `evaluate` puts
+them together into the model card's figures for a checkpoint on its test patients.
 
 Baselines (all scored on the last window of each test sequence, i.e. what a clinician sees now):
 - partial NEWS2: the heart-rate and respiration-rate rows of NEWS2 (0-6), and its red rule as a binary alert;
@@ -12,12 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import torch
+
+from models.lstm import Checkpoint
+from models.scorer import FORECAST_VITALS, feature_matrix, sequences
+from pipeline.model_contract import CONDITIONS, HEADS
 
 MINUTE_MS = 60_000
+
+# The baselines of the model card, in its column order (their scores are defined below).
+BASELINES: dict[str, str] = {
+    "news2_partial": "partial NEWS2 (HR + RR)",
+    "cgm": "CGM consensus level",
+    "news2_cgm": "NEWS2 + CGM",
+    "logistic": "logistic regression",
+}
 
 
 # --- discrimination and calibration ---------------------------------------------------------------------
@@ -309,3 +323,229 @@ def precursor_leads(events: pa.Table, episodes: pa.Table, window_ms: int = 180 *
             start = ep_t[j] - ep_lead[j] * MINUTE_MS
             out[i] = max(0.0, (ev_t[i] - start) / MINUTE_MS)
     return out
+
+
+# --- a checkpoint on a split's windows ----------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One group of patients (train, val or test): its scored windows as sequences and labels, and what the
+    baselines and other checkpoints read."""
+
+    x: np.ndarray  # [N, L, F], normalised with the trained model's center and scale
+    y: np.ndarray  # [N, heads]
+    targets: pa.Table  # the scored windows (not during an ongoing event): baselines read them
+    context: pa.Table  # model inputs of every window of these patients: any checkpoint's sequences
+    events: pa.Table  # ground-truth events of these patients
+    patient_days: float
+
+
+class EvalConfig(Protocol):
+    """What `evaluate` reads of the training config (models.train.TrainConfig)."""
+
+    seed: int
+    horizon_minutes: int
+    bootstrap: int
+    alert_budget_per_day: float
+
+
+def network_outputs(ckpt: Checkpoint, x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    net = ckpt.model()
+    logits, forecast = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            lo, fc = net(torch.from_numpy(x[i : i + batch]))
+            logits.append(lo.numpy())
+            forecast.append(fc.numpy())
+    k2 = 2 * len(ckpt.config.forecast_pairs)
+    if not logits:
+        return np.zeros((0, len(ckpt.config.heads))), np.zeros((0, 2, k2))
+    return np.concatenate(logits), np.concatenate(forecast)
+
+
+def split_inputs(ckpt: Checkpoint, split: Split, window_ms: int = 300_000) -> np.ndarray:
+    """The split's scored windows as sequences for `ckpt` (its own normalisation and context length)."""
+    x, _ = sequences(
+        split.context,
+        feature_matrix(split.context, np.asarray(ckpt.center), np.asarray(ckpt.scale)),
+        split.targets,
+        window_ms,
+        ckpt.config.window_count,
+    )
+    return x
+
+
+def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: EvalConfig) -> dict[str, Any]:
+    """The model card's figures, on the test patients, for the model and every baseline."""
+    test, train_split = splits["test"], splits["train"]
+    logits, forecast = network_outputs(ckpt, test.x)
+    p = ckpt.probabilities(logits)
+    raw = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    # the same overall risk without the isotonic maps, to show what calibration does
+    cond = [HEADS.index(c) for c in CONDITIONS]
+    raw_any = 1 - np.prod(1 - raw[:, cond], axis=1) if ckpt.any_source == "conditions" else raw[:, HEADS.index("any")]
+    last = test.x[:, -1, :]
+    scores: dict[str, np.ndarray] = {
+        "news2_partial": news2_partial(test.targets),
+        "cgm": cgm_level(test.targets),
+        "news2_cgm": clinical_score(test.targets),
+    }
+    patient = np.asarray(test.targets.column("patient_id").to_pylist())
+    t_end = test.targets.column("window_end").cast(pa.int64()).to_numpy()
+    heads: dict[str, Any] = {}
+    for i, head in enumerate(HEADS):
+        y = test.y[:, i]
+        w = fit_logistic(train_split.x[:, -1, :], train_split.y[:, i])
+        per = {"model": p[:, i], **scores, "logistic": predict_logistic(w, last)}
+        row: dict[str, Any] = {"positives": int(y.sum())}
+        for name, s in per.items():
+            row[name] = _with_ci(y, s, patient, cfg.bootstrap, cfg.seed)
+        best = max(BASELINES, key=lambda b: row[b]["auroc"] if not np.isnan(row[b]["auroc"]) else -1.0)
+        row["best_baseline"] = best
+        lo, hi = bootstrap_ci(patient, _auroc_gain(y, per["model"], per[best]), cfg.bootstrap, cfg.seed)
+        row["auroc_gain_ci"] = [lo, hi]  # paired: the same resampled patients for both scores
+        heads[head] = row
+        if head == "any":
+            any_scores = per
+    ev_patient = np.asarray(test.events.column("patient_id").to_pylist())
+    ev_onset = test.events.column("onset").cast(pa.int64()).to_numpy()
+    h_ms = cfg.horizon_minutes * MINUTE_MS
+    alerting = {
+        name: at_budget(
+            s, patient, t_end, ev_patient, ev_onset, h_ms, test.patient_days, cfg.alert_budget_per_day
+        ).as_dict()
+        for name, s in any_scores.items()
+    }
+    red = news2_red(test.targets) > 0
+    alerting["news2_red"] = alert_stats(
+        patient, t_end, red, ev_patient, ev_onset, h_ms, test.patient_days, 1.0
+    ).as_dict()
+    for a in alerting.values():
+        a["median_lead_ci"] = _median_lead_ci(a.pop("leads_minutes"), a.pop("lead_patients"), cfg.bootstrap, cfg.seed)
+    y_any = test.y[:, HEADS.index("any")]
+    metrics: dict[str, Any] = {
+        "test_windows": len(test.y),
+        "test_patients": len(np.unique(patient)),
+        "test_patient_days": test.patient_days,
+        "heads": heads,
+        "alerts": alerting,
+        "alert_budget_per_day": cfg.alert_budget_per_day,
+        "calibration": {
+            "ece": ece(y_any, p[:, 0]),
+            "ece_uncalibrated": ece(y_any, raw_any),
+            "bins": calibration_bins(y_any, p[:, 0]),
+            "bins_uncalibrated": calibration_bins(y_any, raw_any),
+        },
+        "any_source": ckpt.any_source,
+        "validation_any_auroc": ckpt.metrics.get("validation_any_auroc", {}),
+        "forecast": forecast_metrics(ckpt, test.x, forecast),
+        "roc": {name: _roc(y_any, s) for name, s in any_scores.items()},
+    }
+    if "precursor_minutes" in test.events.column_names:
+        metrics["precursors"] = foreseeable(test, patient, t_end, h_ms, alerting["model"])
+    metrics["targets"] = targets(metrics)
+    return metrics
+
+
+def foreseeable(
+    test: Split, patient: np.ndarray, t_end: np.ndarray, h_ms: int, model: dict[str, Any]
+) -> dict[str, Any]:
+    """How much warning the simulated signal gives, over the events that the alert figures count (a scored
+    window in the hour before onset): the share with no precursor, and the median lead an alert would have
+    if it fired the moment the precursor began (capped at the horizon)."""
+    onset = test.events.column("onset").cast(pa.int64()).to_numpy()
+    who = np.asarray(test.events.column("patient_id").to_pylist())
+    counted = np.array(
+        [((patient == p) & (t_end < o) & (t_end >= o - h_ms)).any() for p, o in zip(who, onset, strict=True)],
+        dtype=bool,  # a test set with no events must still index (an empty float array cannot)
+    )
+    uncapped = test.events.column("precursor_minutes").to_numpy()[counted]
+    lead = np.minimum(uncapped, h_ms / MINUTE_MS)
+    present = uncapped[uncapped > 0]
+    return {
+        "precursor_minutes_quartiles_when_present": (
+            [float(q) for q in np.percentile(present, [25, 50, 75])] if len(present) else []
+        ),
+        "events": int(counted.sum()),
+        "no_precursor": int((lead == 0).sum()),
+        "median_precursor_minutes": float(np.median(lead)) if len(lead) else float("nan"),
+        "median_precursor_minutes_when_present": float(np.median(lead[lead > 0])) if (lead > 0).any() else float("nan"),
+        "share_with_precursor_over_20_minutes": float((lead >= 20).mean()) if len(lead) else float("nan"),
+        "model_detected": model["detected"],
+    }
+
+
+def _median_lead_ci(leads: list[float], patients: list[str], reps: int, seed: int) -> list[float]:
+    """Interval of the median lead time over resamples of the patients whose events were detected (the
+    threshold stays as chosen on the whole test set)."""
+    if not leads:
+        return [float("nan"), float("nan")]
+    lead = np.asarray(leads)
+    return list(bootstrap_ci(np.asarray(patients), lambda r: float(np.median(lead[r])), reps, seed))
+
+
+def _auroc_gain(y: np.ndarray, model: np.ndarray, baseline: np.ndarray) -> Callable[[np.ndarray], float]:
+    return lambda r: auroc(y[r], model[r]) - auroc(y[r], baseline[r])
+
+
+def _with_ci(y: np.ndarray, s: np.ndarray, patient: np.ndarray, reps: int, seed: int) -> dict[str, Any]:
+    return {
+        "auroc": auroc(y, s),
+        "auroc_ci": list(bootstrap_ci(patient, lambda r: auroc(y[r], s[r]), reps, seed)),
+        "auprc": auprc(y, s),
+        "auprc_ci": list(bootstrap_ci(patient, lambda r: auprc(y[r], s[r]), reps, seed)),
+    }
+
+
+def _roc(y: np.ndarray, s: np.ndarray, points: int = 60) -> list[tuple[float, float]]:
+    """A coarse ROC curve (false positive rate, true positive rate) for the model card's picture."""
+    if not (y == 1).any() or not (y == 0).any():
+        return []
+    thresholds = np.unique(np.quantile(s, np.linspace(0, 1, points)))[::-1]
+    return [(float((s[y == 0] >= t).mean()), float((s[y == 1] >= t).mean())) for t in thresholds]
+
+
+def forecast_metrics(ckpt: Checkpoint, x: np.ndarray, forecast: np.ndarray) -> dict[str, Any]:
+    """Per vital: how often the observed window mean fell inside its interval (forecast from the windows
+    before it), i.e. 1 - the anomaly rate, on test windows where the check applies."""
+    out = {}
+    centre, scale = np.asarray(ckpt.center), np.asarray(ckpt.scale)
+    _mu, low, high = ckpt.forecast_intervals(forecast[:, 0])
+    for j, (stream, (f, p)) in enumerate(zip(FORECAST_VITALS, ckpt.config.forecast_pairs, strict=True)):
+        ok = (x[:, -1, p] > 0) & (x[:, :-1, p].sum(axis=1) > 0)
+        observed = centre[f] + scale[f] * x[ok, -1, f]
+        inside = (observed >= low[ok, j]) & (observed <= high[ok, j])
+        out[stream] = {"windows": int(ok.sum()), "coverage": float(inside.mean()) if ok.any() else float("nan")}
+    return out
+
+
+def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, measured: each with the figures it compares and whether it is met."""
+    row = m["heads"]["any"]
+    best = row["best_baseline"]
+    best_auprc = max(row[b]["auprc"] for b in BASELINES)
+    model_alerts, red = m["alerts"]["model"], m["alerts"]["news2_red"]
+    return {
+        "auroc": {
+            "model": row["model"]["auroc"],
+            "required": row[best]["auroc"] + 0.05,
+            "met": bool(row["model"]["auroc"] >= row[best]["auroc"] + 0.05),
+        },
+        "auprc": {
+            "model": row["model"]["auprc"],
+            "required": 1.5 * best_auprc,
+            "met": bool(row["model"]["auprc"] >= 1.5 * best_auprc),
+        },
+        "sensitivity_at_budget": {
+            "model": model_alerts["sensitivity"],
+            "required": 1.5 * red["sensitivity"],
+            "met": bool(model_alerts["sensitivity"] >= 1.5 * red["sensitivity"] and model_alerts["sensitivity"] > 0),
+        },
+        "median_lead_minutes": {
+            "model": model_alerts["median_lead_minutes"],
+            "required": 20.0,
+            "met": bool(model_alerts["median_lead_minutes"] >= 20.0),
+        },
+        "ece": {"model": m["calibration"]["ece"], "required": 0.05, "met": bool(m["calibration"]["ece"] <= 0.05)},
+    }

@@ -134,7 +134,7 @@ SETTING_DOCS: dict[str, str] = {
     "risk_medium": "calibrated probability at which risk_level becomes medium",
     "risk_high": "calibrated probability at which risk_level becomes high",
     "model_path": "an alternative .pt checkpoint (default: the shipped one)",
-    "max_batch_records": "most messages per micro-batch (larger is not faster and takes more memory: docs/performance.md)",
+    "max_batch_records": "most messages per micro-batch (larger is not faster, and takes more memory)",
     "quality_sample_rows": "rows per suite and sample that Great Expectations validates (failing rows first)",
     "connect_timeout_s": "how long to wait for the broker before failing",
     "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",

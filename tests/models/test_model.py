@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.evaluate import BASELINES
 from models.lstm import CONDITIONS, DEFAULT_CHECKPOINT, HEADS, Checkpoint, LSTMConfig, RiskLSTM, load_checkpoint
-from models.train import BASELINES, TrainConfig, should_promote, train
+from models.train import TrainConfig, should_promote, train
 from pipeline.model_contract import MODEL_FEATURES
 
 TINY = TrainConfig(patients=60, hours=4.0, epochs=2, hidden=16, layers=1, window_count=6, seed=3, bootstrap=20)
