@@ -521,7 +521,7 @@ def forecast_metrics(ckpt: Checkpoint, x: np.ndarray, forecast: np.ndarray) -> d
 
 
 def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets, measured: each with the figures it compares and whether it is met."""
+    """The model's targets (see the model card), measured: each with the figures it compares and whether it is met."""
     row = m["heads"]["any"]
     best = row["best_baseline"]
     best_auprc = max(row[b]["auprc"] for b in BASELINES)
