@@ -12,9 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.serve import deployments
-from pipeline.config import Settings
-
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 
@@ -84,21 +81,6 @@ def test_docker_compose_accepts_the_file() -> None:
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-
-
-def test_prefect_yaml_matches_the_served_deployments() -> None:
-    from prefect.cli.deploy._models import PrefectYamlModel
-
-    doc = PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "prefect.yaml").read_text()))
-    served = {d.name: d for d in deployments(Settings(bootstrap="kafka:9092"))}
-    assert {d.name for d in doc.deployments} == set(served)
-    for d in doc.deployments:
-        s = served[d.name]
-        assert [c.cron for c in d.schedules or []] == [x.schedule.cron for x in s.schedules or []]  # type: ignore[union-attr]
-        path, _, attr = (d.entrypoint or "").partition(":")
-        assert s.entrypoint == path.removesuffix(".py").replace("/", ".") + "." + attr
-        assert d.concurrency_limit is not None and d.concurrency_limit.limit == 1
-        assert d.work_pool is not None and d.work_pool.name == "vitalstream"
 
 
 def test_k8s_scoring_workers_never_outnumber_the_partitions() -> None:
