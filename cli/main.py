@@ -1,4 +1,5 @@
-"""`vitalstream`: demo, broker, simulate, run, train, query, config."""
+"""The `vitalstream` command line: one subcommand per job (`vitalstream --help` lists them), each turning the
+expected failures (VitalStreamError) into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -317,6 +318,7 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from ops.query import connect
+    from pipeline.sink import DATASETS
 
     settings = _settings(args, lake=args.lake)
     con = connect(settings.lake)
@@ -326,7 +328,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         try:
             rel = con.sql(args.sql)
         except duckdb.Error as exc:
-            raise VitalStreamError(f"query failed: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            empty = [name for name in DATASETS if not any((settings.lake / name).glob("date=*/*.parquet"))]
+            if empty and isinstance(exc, duckdb.CatalogException):  # a view the lake cannot have yet
+                first += f" (no {', '.join(empty)} in {settings.lake} yet: `vitalstream run` writes them)"
+            raise VitalStreamError(f"query failed: {first}") from exc
         if rel is not None:
             rel.show(max_rows=50)
     finally:

@@ -86,7 +86,7 @@ def check_reachable(settings: KafkaSettings) -> None:
             time.sleep(0.5)
         errors.append(f"{address}: {last}")
     raise BrokerUnavailable(
-        f"cannot reach Kafka broker at {settings.bootstrap} within {settings.connect_timeout_s:.0f} s "
+        f"cannot reach Kafka broker at {settings.bootstrap} within {settings.connect_timeout_s:g} s "
         f"({'; '.join(errors)})"
     )
 

@@ -9,6 +9,7 @@ same number, so nothing is doubled."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -83,15 +84,18 @@ def write_dataset(lake: Path, dataset: str, table: pa.Table, batch_id: str) -> l
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write beside `path` under a hidden name with `write(tmp)`, then rename: a crash never leaves a partial
-    file for a reader (DuckDB, the validation, the Data Docs) to trip over."""
+    file for a reader (DuckDB, the validation, the Data Docs) to trip over, and a failed write leaves nothing."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         raise LakeNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # gone after the rename; a failed write's partial file goes here
 
 
 class ParquetLake:

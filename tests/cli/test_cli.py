@@ -91,12 +91,6 @@ def test_query_on_an_empty_lake_is_an_error_message_not_a_traceback(
     assert "42" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main.cmd_query passes DuckDB's multi-line message through: 'query failed: Catalog Error: Table "
-    "with name risk_scores does not exist!' plus a line 'Did you mean \"duckdb_constraints\"?', instead of one "
-    "line saying the lake has no risk_scores data yet",
-)
 def test_query_on_an_empty_lake_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["query", "SELECT count(*) FROM risk_scores", "--lake", str(tmp_path)]) == 1
     one_error_line(capsys.readouterr().err)

@@ -130,11 +130,6 @@ def test_atomic_write_leaves_no_temporary_file_and_sets_the_file_mode(tmp_path: 
     assert not [p for p in files if p.name.startswith(".")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.sink.atomic_write does not remove its hidden .<name>.<uuid>.tmp file when the write fails "
-    "(disk full, I/O error): each failed attempt (the run loop retries twice) leaves a partial file behind",
-)
 def test_a_failed_atomic_write_raises_lake_not_writable_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
 
