@@ -168,7 +168,7 @@ def documented(settings: Settings) -> list[dict[str, Any]]:
             "name": f.name,
             "value": shown[f.name],
             "default": getattr(defaults, f.name),
-            "env": f"VITALSTREAM_{f.name.upper()}",
+            "env": "VITALSTREAM_<OPTION> per option" if f.name == "kafka_security" else f"VITALSTREAM_{f.name.upper()}",
             "doc": SETTING_DOCS.get(f.name, ""),
         }
         for f in fields(Settings)
@@ -192,6 +192,11 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
         name = key.removeprefix("VITALSTREAM_").lower()
         if name.removeprefix("kafka_") in _SECURITY_KEYS:
             security[name.removeprefix("kafka_")] = raw
+        elif name == "kafka_security":
+            raise ConfigError(
+                f"{key} is not read: set each option as its own variable, e.g. VITALSTREAM_SECURITY_PROTOCOL=SSL "
+                "and VITALSTREAM_SSL_CAFILE=/path/ca.pem (or a [vitalstream.kafka_security] table in the TOML file)"
+            )
         elif name in names:
             values[name] = raw
     unknown = set(values) - names

@@ -39,7 +39,8 @@ def test_config_command_shows_every_setting_with_default_and_doc(
     assert main(["--config", str(toml), "config"]) == 0
     out = capsys.readouterr().out
     for f in fields(Settings):
-        assert f"\n{f.name} = " in "\n" + out and f"[VITALSTREAM_{f.name.upper()}]" in out
+        env = "VITALSTREAM_<OPTION> per option" if f.name == "kafka_security" else f"VITALSTREAM_{f.name.upper()}"
+        assert f"\n{f.name} = " in "\n" + out and f"[{env}]" in out
         assert SETTING_DOCS[f.name] in out
     assert "partitions = 6   (default 3)" in out
     assert "compact_target_mb = 64.0   (default 128.0)" in out
@@ -63,3 +64,10 @@ def test_output_cut_short_by_a_pipe_reader_gives_no_traceback() -> None:
     )
     assert r.stdout.startswith("bootstrap")
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+def test_kafka_security_is_set_option_by_option_and_the_whole_table_variable_says_so() -> None:
+    s = load_settings(env={"VITALSTREAM_SECURITY_PROTOCOL": "SSL", "VITALSTREAM_KAFKA_SSL_CAFILE": "/ca.pem"})
+    assert s.kafka_security == {"security_protocol": "SSL", "ssl_cafile": "/ca.pem"}
+    with pytest.raises(ConfigError, match="VITALSTREAM_SECURITY_PROTOCOL"):
+        load_settings(env={"VITALSTREAM_KAFKA_SECURITY": "SSL"})
