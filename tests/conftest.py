@@ -160,3 +160,45 @@ class LakeEngine:
 
     def write_quality_sample(self, sample_id: str) -> dict[str, dict[str, Any]]:
         return self.engine.quality.write(lambda suite, t: self.lake.write_quality_sample(suite, sample_id, t))
+
+
+def micro_batches_of_a_day_boundary(n_batches: int = 10) -> list[list[RawBatch]]:
+    """Six simulated patients for 1.2 h starting 40 minutes before midnight UTC (so every dataset has two
+    date partitions), as micro-batches of RawBatches with offsets counted per topic."""
+    from sim.simulate import SimulationConfig, encode, simulate
+
+    sim = SimulationConfig(patients=6, hours=1.2, seed=3, start_ms=T0 - 40 * 60_000, very_late_rate=0.0)
+    messages = [m for chunk in encode(simulate(sim)) for m in chunk]
+    offsets: dict[str, int] = {}
+    out = []
+    for part in np.array_split(np.arange(len(messages)), n_batches):
+        by_stream: dict[str, list[int]] = {}
+        for i in part.tolist():
+            by_stream.setdefault(messages[i].stream, []).append(i)
+        batch = []
+        for stream, idx in by_stream.items():
+            start = offsets.get(stream, 0)
+            offsets[stream] = start + len(idx)
+            batch.append(
+                RawBatch(
+                    stream=stream,
+                    topic=f"vitals.{stream}",
+                    keys=pa.array([messages[i].key for i in idx], pa.binary()),
+                    values=pa.array([messages[i].value for i in idx], pa.binary()),
+                    partitions=np.zeros(len(idx), dtype=np.int32),
+                    offsets=np.arange(start, start + len(idx), dtype=np.int64),
+                    timestamps_ms=np.asarray([messages[i].timestamp_ms for i in idx], dtype=np.int64),
+                )
+            )
+        out.append(batch)
+    return out
+
+
+def run_engine(lake: Path, ckpt: Path, todo: list[list[RawBatch]], drain: bool = True) -> LakeEngine:
+    """Every micro-batch of `todo` written and checkpointed in group g-1, then (`drain`) every window closed."""
+    engine = LakeEngine(lake, ckpt, "g-1")
+    for raw in todo:
+        engine.write(engine.process(raw))
+    if drain:
+        engine.write(engine.process([], drain=True))
+    return engine

@@ -7,60 +7,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
-from conftest import T0, LakeEngine, assert_same_lake, lake_rows
+from conftest import assert_same_lake, lake_rows, micro_batches_of_a_day_boundary, run_engine
 
 from ops.compact import compact, parse
 from pipeline import sink
 from pipeline.batch import RawBatch
-from sim.simulate import SimulationConfig, encode, simulate
-
-# Starts 40 minutes before midnight UTC so that every dataset has two date partitions.
-SIM = SimulationConfig(patients=6, hours=1.2, seed=3, start_ms=T0 - 40 * 60_000, very_late_rate=0.0)
-
-
-def batches(n_batches: int = 10) -> list[list[RawBatch]]:
-    """The simulation's messages as micro-batches of RawBatches, offsets counted per topic."""
-    messages = [m for chunk in encode(simulate(SIM)) for m in chunk]
-    offsets: dict[str, int] = {}
-    out = []
-    for part in np.array_split(np.arange(len(messages)), n_batches):
-        by_stream: dict[str, list[int]] = {}
-        for i in part.tolist():
-            by_stream.setdefault(messages[i].stream, []).append(i)
-        batch = []
-        for stream, idx in by_stream.items():
-            start = offsets.get(stream, 0)
-            offsets[stream] = start + len(idx)
-            batch.append(
-                RawBatch(
-                    stream=stream,
-                    topic=f"vitals.{stream}",
-                    keys=pa.array([messages[i].key for i in idx], pa.binary()),
-                    values=pa.array([messages[i].value for i in idx], pa.binary()),
-                    partitions=np.zeros(len(idx), dtype=np.int32),
-                    offsets=np.arange(start, start + len(idx), dtype=np.int64),
-                    timestamps_ms=np.asarray([messages[i].timestamp_ms for i in idx], dtype=np.int64),
-                )
-            )
-        out.append(batch)
-    return out
 
 
 @pytest.fixture(scope="module")
 def micro_batches() -> list[list[RawBatch]]:
-    return batches()
-
-
-def run_engine(lake: Path, ckpt: Path, todo: list[list[RawBatch]], drain: bool = True) -> LakeEngine:
-    engine = LakeEngine(lake, ckpt, "g-1")
-    for raw in todo:
-        engine.write(engine.process(raw))
-    if drain:
-        engine.write(engine.process([], drain=True))
-    return engine
+    return micro_batches_of_a_day_boundary()
 
 
 def data_files(lake: Path) -> list[str]:

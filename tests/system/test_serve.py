@@ -160,10 +160,10 @@ def test_vitalstream_serve_runs_a_deployment_on_a_real_prefect_server(
 ) -> None:
     """`prefect server start` + `vitalstream serve`: the compaction deployment, triggered through the API,
     runs in the served process and compacts a lake."""
-    from test_compact import batches, run_engine
+    from conftest import micro_batches_of_a_day_boundary, run_engine
 
     lake = tmp_path / "lake"
-    run_engine(lake, tiny_checkpoint, batches(6))
+    run_engine(lake, tiny_checkpoint, micro_batches_of_a_day_boundary(6))
     files_before = len(list(lake.glob("*/date=*/*.parquet")))
     serve = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--bootstrap", "127.0.0.1:9", "--lake", str(lake)],
