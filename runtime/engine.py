@@ -26,6 +26,7 @@ from pipeline.features import window_schema
 from pipeline.privacy import pseudonymise_columns
 from pipeline.quarantine import DEAD_LETTER_SCHEMA, quarantine_rows
 from pipeline.readings import PROVENANCE_SCHEMA, to_readings
+from pipeline.sink import DATASETS
 from pipeline.validate import route
 from pipeline.window import WindowConfig, WindowState, step
 
@@ -92,7 +93,7 @@ class BatchOutput:
 
     def datasets(self) -> dict[str, pa.Table]:
         """The tables the lake keeps, by dataset name."""
-        return {"risk_scores": self.risk_scores, "windows": self.windows, "quarantine": self.quarantine}
+        return {name: getattr(self, name) for name in DATASETS}
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Engine:
             readings.append(to_readings(good, contract))
         canonical = pa.concat_tables(readings) if readings else None
         if canonical is None or len(canonical) == 0:
-            canonical = _empty_canonical()
+            canonical = PROVENANCE_SCHEMA.empty_table()
         result = step(self.state, canonical, self.cfg.window, drain=drain, lagging=lagging)
         counts.duplicates = int(result.duplicate.sum())
         late = np.flatnonzero(result.late)
@@ -251,10 +252,6 @@ class QualitySample:
             for suite in sorted(self.checked)
             if self.checked[suite]
         }
-
-
-def _empty_canonical() -> pa.Table:
-    return PROVENANCE_SCHEMA.empty_table()
 
 
 def empty_scores(scorer: Scorer) -> pa.Table:

@@ -41,7 +41,6 @@ from pipeline.errors import BrokerUnavailable, LakeNotWritable
 from runtime.engine import BatchOutput, Engine, EngineConfig, EngineState, Totals
 
 Mode = Literal["until-idle", "drain", "follow"]
-MODES: tuple[str, ...] = ("until-idle", "drain", "follow")
 
 
 class Source(Protocol):

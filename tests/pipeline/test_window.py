@@ -10,7 +10,7 @@ from conftest import T0
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.readings import READINGS_SCHEMA
+from pipeline.readings import PROVENANCE_SCHEMA
 from pipeline.window import WindowConfig, WindowState, step
 
 MIN = 60_000
@@ -148,7 +148,7 @@ def test_drain_closes_everything_and_accounting_holds() -> None:
         late += int(s.late.sum())
     s = step(
         state,
-        READINGS_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("src", pa.int32())).empty_table(),
+        PROVENANCE_SCHEMA.empty_table(),
         CFG,
         drain=True,
     )
