@@ -67,6 +67,11 @@ class Settings:
     assignment_timeout_s: float = 30.0  # how long to wait for the consumer group to assign partitions
     instance: str = ""  # scale-out: "i/n" reads partitions p with p % n == i (n processes, same group)
     pseudonymise: bool = False  # patient and device ids as HMAC-SHA256 pseudonyms (key: VITALSTREAM_PSEUDONYM_KEY)
+    # live outputs and alerts
+    alert_policy: Path | None = None  # None: the shipped schemas/alert_policy.json
+    risk_topic: str = ""  # "" means <topic_prefix>risk
+    alerts_topic: str = ""  # "" means <topic_prefix>alerts
+    metrics_port: int = 0  # Prometheus endpoint of live runs; 0: off
 
     def kafka(self, bootstrap: str | None = None) -> KafkaSettings:
         address = bootstrap or self.bootstrap
@@ -81,6 +86,8 @@ class Settings:
             dlq_topic=self.dlq_topic,
             instance=self.instance_index(),
             assignment_timeout_s=self.assignment_timeout_s,
+            risk_topic_name=self.risk_topic,
+            alerts_topic_name=self.alerts_topic,
         )
 
     def instance_index(self) -> tuple[int, int] | None:
@@ -156,6 +163,10 @@ SETTING_DOCS: dict[str, str] = {
     "assignment_timeout_s": "how long to wait for the consumer group to assign partitions before reporting it",
     "instance": "scale-out: i/n reads partitions p with p mod n = i (n processes, one group)",
     "pseudonymise": "patient and device ids as HMAC-SHA256 pseudonyms (key in VITALSTREAM_PSEUDONYM_KEY)",
+    "alert_policy": "alert policy JSON: thresholds, hysteresis, repeats, severity (default schemas/alert_policy.json)",
+    "risk_topic": "live topic of every scored window (default <topic_prefix>risk)",
+    "alerts_topic": "live topic of alert events (default <topic_prefix>alerts); acks: <topic_prefix>alerts.ack",
+    "metrics_port": "Prometheus metrics endpoint port of live runs (run --follow, serve); 0 turns it off",
 }
 
 
@@ -245,6 +256,8 @@ def _coerce(s: Settings) -> Settings:
         )
     if settings.scoring_engine not in ("torch", "onnx"):
         raise ConfigError(f"scoring_engine must be torch or onnx, not {settings.scoring_engine!r}")
+    if not 0 <= settings.metrics_port < 65536:
+        raise ConfigError(f"metrics_port must be within 0-65535 (0: off), not {settings.metrics_port}")
     settings.instance_index()  # validates "i/n"
     return settings
 

@@ -22,6 +22,7 @@ from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.alerts import ACK_STREAM, to_json_rows
 from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS
 from pipeline.errors import BrokerUnavailable
@@ -40,9 +41,24 @@ class KafkaSettings:
     dlq_topic: str = ""  # dead-letter topic; "" means <topic_prefix>dlq
     instance: tuple[int, int] | None = None  # (i, n): read partitions p with p % n == i; None: group-assigned
     assignment_timeout_s: float = 30.0  # how long to wait for the group to assign partitions
+    risk_topic_name: str = ""  # live risk scores; "" means <topic_prefix>risk
+    alerts_topic_name: str = ""  # live alert events; "" means <topic_prefix>alerts
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}{stream}"
+
+    def risk_topic(self) -> str:
+        return self.risk_topic_name or f"{self.topic_prefix}risk"
+
+    def alerts_topic(self) -> str:
+        return self.alerts_topic_name or f"{self.topic_prefix}alerts"
+
+    def ack_topic(self) -> str:
+        """Acknowledgements of alerts, read with the four streams (keyed by patient id, so co-partitioned)."""
+        return self.topic(ACK_STREAM)
+
+    def input_topics(self) -> list[str]:
+        return [*self.topics(), self.ack_topic()]
 
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic_prefix}dlq"
@@ -92,14 +108,21 @@ def check_reachable(settings: KafkaSettings) -> None:
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the four topics when missing, all with the same partition count (co-partitioned by key)."""
+    """Create the four topics, the ack topic, the dead-letter topic and the live topics when missing, all with
+    the same partition count (co-partitioned by key)."""
     try:
         admin = KafkaAdminClient(**settings.client_config())
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
-        missing = [t for t in [*settings.topics(), settings.dead_letter_topic()] if t not in existing]
+        wanted = [
+            *settings.input_topics(),
+            settings.dead_letter_topic(),
+            settings.risk_topic(),
+            settings.alerts_topic(),
+        ]
+        missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
@@ -186,6 +209,46 @@ class DeadLetters:
             self._producer = None
 
 
+class LiveTopics:
+    """The live outputs: each scored window on the risk topic and each alert event on the alerts topic, as
+    JSON keyed by patient id (schemas/risk_message.json, schemas/alert_message.json), acknowledged by the
+    broker before the batch is checkpointed. A crash before the checkpoint sends the batch's messages again
+    with the same content: consumers deduplicate risk on (patient_id, window_end) and alerts on (alert_id,
+    state, sequence)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer: KafkaProducer | None = None
+
+    def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int:
+        if self._producer is None:
+            self._producer = producer(self.settings)
+        futures = []
+        for topic, table in ((self.settings.risk_topic(), risk_scores), (self.settings.alerts_topic(), alerts)):
+            if len(table) == 0:
+                continue
+            keys = table.column("patient_id").to_pylist()
+            send = self._producer.send
+            futures += [send(topic, key=k.encode(), value=v) for k, v in zip(keys, to_json_rows(table), strict=True)]
+        try:
+            self._producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=0)
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"live topics {self.settings.risk_topic()}, {self.settings.alerts_topic()} on "
+                f"{self.settings.bootstrap} did not acknowledge {len(futures)} message(s) within {timeout_s:.0f} s "
+                f"({type(exc).__name__})"
+            ) from exc
+        return len(futures)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                self._producer.close(timeout=2)
+            self._producer = None
+
+
 _DLQ_COLUMNS = ("key", "value", "headers", "reason", "detail", "topic", "partition", "offset", "kafka_timestamp")
 
 
@@ -230,7 +293,7 @@ class StreamConsumer:
         self._seek_to: dict[TopicPartition, int] = {}
         self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
         if settings.instance is None:
-            self.consumer.subscribe(settings.topics(), listener=_SeekOnAssign(self))
+            self.consumer.subscribe(settings.input_topics(), listener=_SeekOnAssign(self))
 
     def resume_from(self, offsets: dict[str, int]) -> None:
         """Offsets from the state checkpoint win over the group's committed ones (they match the state)."""
@@ -263,7 +326,7 @@ class StreamConsumer:
         i, n = self.settings.instance
         deadline = time.monotonic() + timeout_s
         counts: dict[str, int] = {}
-        for topic in self.settings.topics():
+        for topic in self.settings.input_topics():
             while not (parts := self.consumer.partitions_for_topic(topic)):
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(f"topic {topic} has no partitions on {self.settings.bootstrap}")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import LakeNotWritable
 
-DATASETS = ("risk_scores", "windows", "quarantine")
+DATASETS = ("risk_scores", "windows", "quarantine", "alerts", "acks")
 FILE_MODE = 0o640  # health data: readable by the owner and the group (analysts), by nobody else
 DIR_MODE = 0o750
 
@@ -35,7 +35,13 @@ def restrict_permissions() -> None:
     os.umask(os.umask(0o027) | 0o027)
 
 
-_DATE_COLUMN = {"risk_scores": "window_start", "windows": "window_start", "quarantine": "kafka_timestamp"}
+_DATE_COLUMN = {
+    "risk_scores": "window_start",
+    "windows": "window_start",
+    "quarantine": "kafka_timestamp",
+    "alerts": "event_time",  # who would have been told what, and when (pipeline.alerts)
+    "acks": "acked_at",
+}
 
 
 def ensure_writable(lake: Path) -> None:

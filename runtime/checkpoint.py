@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from models.scorer import HISTORY_SCHEMA
+from pipeline.alerts import AlertState
 from pipeline.errors import LakeNotWritable
 from pipeline.features import PARTIAL_SCHEMA
 from pipeline.sink import DIR_MODE, FILE_MODE
@@ -60,6 +61,7 @@ class FileCheckpoints:
             offsets={k: int(v) for k, v in meta["offsets"].items()},
             seq=int(meta.get("seq", 0)),
             totals=Totals.from_dict(meta["totals"]),
+            alerts=AlertState.from_tables(tables),  # a checkpoint from before alerting: none open
         )
 
     def save(self, state: EngineState) -> None:
@@ -73,7 +75,12 @@ class FileCheckpoints:
             "saved_at": datetime.now(UTC).isoformat(),
         }
         dedupe = state.window.dedupe.to_tables() if state.window.dedupe is not None else {}
-        tables: dict[str, pa.Table] = {"open": state.window.open, "history": state.history, **dedupe}
+        tables: dict[str, pa.Table] = {
+            "open": state.window.open,
+            "history": state.history,
+            **dedupe,
+            **state.alerts.to_tables(),
+        }
         root = self.root
         gen = f"gen-{uuid.uuid4().hex[:12]}"
         try:

@@ -1,10 +1,11 @@
 """One micro-batch through every stage, as plain functions over Arrow tables; no Kafka, no Prefect, no files.
 
     RawBatch per topic -> decode -> route (suites) -> canonical readings -> window.step -> features
-    -> score -> BatchOutput: (risk_scores, windows, quarantine, dead letters) tables + counts
+    -> score -> alerts -> BatchOutput: (risk_scores, windows, quarantine, alerts, acks, dead letters) tables
+    + counts; the ack topic's messages (pipeline.alerts.ACK_STREAM) go to alerting, not to the windows
 
 `Engine` holds what a run carries from batch to batch (`EngineState`: open windows, watermark, scoring
-context, offsets, totals). It reads and writes nothing: `runtime.loop` persists each batch's outputs and
+context, open alerts, offsets, totals). It reads and writes nothing: `runtime.loop` persists each batch's outputs and
 then the state (`snapshot()`), and a restart builds the engine from the last saved state.
 """
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from models.scorer import HISTORY_SCHEMA, Scorer, prune_history
+from pipeline.alerts import ACK_SCHEMA, ACK_STREAM, ALERT_SCHEMA, AlertPolicy, AlertState, apply_acks, default_policy
+from pipeline.alerts import evaluate as evaluate_alerts
 from pipeline.batch import RawBatch
 from pipeline.contract import readings_suite_name, stream_contract
 from pipeline.decode import decode
@@ -41,6 +45,8 @@ class Totals:
     quarantined: Counter[str] = field(default_factory=Counter)
     windows: int = 0
     scored: int = 0
+    acks: int = 0  # acknowledgements applied (a rejected one is quarantined)
+    alerts: Counter[str] = field(default_factory=Counter)  # alert events by "condition:state"
 
     @property
     def quarantined_total(self) -> int:
@@ -53,6 +59,8 @@ class Totals:
         self.quarantined.update(other.quarantined)
         self.windows += other.windows
         self.scored += other.scored
+        self.acks += other.acks
+        self.alerts.update(other.alerts)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,11 +70,22 @@ class Totals:
             "quarantined": dict(self.quarantined),
             "windows": self.windows,
             "scored": self.scored,
+            "acks": self.acks,
+            "alerts": dict(self.alerts),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Totals:
-        return cls(d["consumed"], d["windowed"], d["duplicates"], Counter(d["quarantined"]), d["windows"], d["scored"])
+        return cls(
+            d["consumed"],
+            d["windowed"],
+            d["duplicates"],
+            Counter(d["quarantined"]),
+            d["windows"],
+            d["scored"],
+            d.get("acks", 0),
+            Counter(d.get("alerts", {})),
+        )
 
 
 @dataclass
@@ -78,6 +97,7 @@ class EngineState:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset to read
     seq: int = 0  # batches processed so far in this group: names the batch's files
     totals: Totals = field(default_factory=Totals)  # since the group's first run
+    alerts: AlertState = field(default_factory=AlertState)  # open alerts and what raises the next ones
 
 
 @dataclass
@@ -90,6 +110,8 @@ class BatchOutput:
     counts: Totals
     pending_before: int
     pending_after: int
+    alerts: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)  # alert events, also published
+    acks: pa.Table = field(default_factory=ACK_SCHEMA.empty_table)  # acknowledgements applied (audit)
 
     def datasets(self) -> dict[str, pa.Table]:
         """The tables the lake keeps, by dataset name."""
@@ -101,6 +123,7 @@ class EngineConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     quality_sample_rows: int = 20_000  # rows per suite and sample that Great Expectations itself validates
     pseudonym_key: bytes | None = None  # set: patient and device ids are pseudonymised in everything written
+    alert_policy: AlertPolicy = field(default_factory=default_policy)
 
 
 class Engine:
@@ -113,6 +136,7 @@ class Engine:
         self.offsets = dict(saved.offsets)
         self.seq = saved.seq
         self.totals = saved.totals
+        self.alerts = saved.alerts
         self.quality = QualitySample(cfg.quality_sample_rows)
 
     @property
@@ -122,15 +146,24 @@ class Engine:
 
     def snapshot(self) -> EngineState:
         """The state after the last processed batch, for the checkpoint (shares the tables; not a copy)."""
-        return EngineState(self.state, self.history, dict(self.offsets), self.seq, self.totals)
+        return EngineState(self.state, self.history, dict(self.offsets), self.seq, self.totals, self.alerts)
 
     def process(self, batches: list[RawBatch], drain: bool = False, lagging: Collection[str] = ()) -> BatchOutput:
         """One micro-batch. `lagging`: sources ("topic:partition") with unread messages left in Kafka;
         they hold the watermark (see pipeline.window)."""
         pending_before = self.pending
+        now = datetime.now(UTC).replace(microsecond=0)
         counts = Totals(consumed=sum(len(b) for b in batches))
         quarantine: list[pa.Table] = []
         readings: list[pa.Table] = []
+        acks, events = [], []
+        for batch in (b for b in batches if b.stream == ACK_STREAM):  # acks first: they apply to this batch
+            acked = apply_acks(self.alerts, self.cfg.alert_policy, batch, now)
+            quarantine.append(quarantine_rows(batch, acked.rejected_src, acked.reasons, acked.details))
+            acks.append(acked.applied)
+            events += acked.events
+        batches = [b for b in batches if b.stream != ACK_STREAM]
+        lagging = [s for s in lagging if not s.rpartition(":")[0].endswith(ACK_STREAM)]  # acks hold no watermark
         by_stream = {b.stream: b for b in batches}
         for batch in batches:
             contract = stream_contract(batch.stream)
@@ -179,6 +212,16 @@ class Engine:
             scores = empty_scores(self.scorer)
             windows = windows.append_column("dq_failure", pa.array([], pa.string()))
         counts.scored = len(scores)
+        accepted = canonical.filter(pa.array(~result.late & ~result.duplicate))
+        watermark = self.state.watermark_ms
+        horizon = None if drain or watermark is None else watermark - self.cfg.window.lateness_ms
+        source_high = self.state.source_high_ms
+        policy = self.cfg.alert_policy
+        alerts = evaluate_alerts(self.alerts, policy, scores, windows, accepted, source_high, horizon, now, events)
+        by = zip(alerts.column("condition").to_pylist(), alerts.column("state").to_pylist(), strict=True)
+        counts.alerts = Counter(f"{condition}:{state}" for condition, state in by)
+        acks_applied = pa.concat_tables(acks) if acks else ACK_SCHEMA.empty_table()
+        counts.acks = len(acks_applied)
         dead = pa.concat_tables(quarantine) if quarantine else DEAD_LETTER_SCHEMA.empty_table()
         counts.quarantined = Counter(dead.column("reason").to_pylist())
         q = self._lake_quarantine(dead)
@@ -189,7 +232,9 @@ class Engine:
                     self.offsets[key] = max(self.offsets.get(key, 0), int(b.offsets[b.partitions == p].max()) + 1)
         self.totals.add(counts)
         self.seq += 1
-        return BatchOutput(self.seq, scores, windows, q, dead, counts, pending_before, self.pending)
+        return BatchOutput(
+            self.seq, scores, windows, q, dead, counts, pending_before, self.pending, alerts, acks_applied
+        )
 
     def _lake_quarantine(self, dead: pa.Table) -> pa.Table:
         q = dead.drop_columns(["headers"])

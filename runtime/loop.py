@@ -7,14 +7,18 @@ checkpoint's offsets and written again under the same names.
 
 Per batch (`run`, then `BatchProtocol.commit`):
   1. poll          the source hands over the next micro-batch and the partitions that still lag
-  2. process       the engine decodes, validates, windows and scores it: nothing is written yet
+  2. process       the engine decodes, validates, windows, scores and alerts: nothing is written yet
   3. dead letters  every quarantined message goes to the dead-letter topic, acknowledged by the broker:
                    a message is never in the lake's quarantine without being in the topic
-  4. Parquet       the batch's risk_scores, windows and quarantine files (retried: same names, idempotent)
-  5. checkpoint    the engine's state with the next offsets, atomically: from here the batch is done
-  6. commit        the offsets to Kafka (a convenience for lag tools; a restart resumes from step 5's)
-A crash before 5 replays the batch: same files, and its dead letters again (at-least-once, deduplicated on
-the `vitalstream.source` header). A crash after 5 loses nothing and doubles nothing.
+  4. Parquet       the batch's risk_scores, windows, quarantine, alerts and acks files (retried: same
+                   names, idempotent)
+  5. publish       the risk scores and alert events to the live topics, acknowledged by the broker
+  6. checkpoint    the engine's state (open alerts included) with the next offsets, atomically: from here
+                   the batch is done
+  7. commit        the offsets to Kafka (a convenience for lag tools; a restart resumes from step 6's)
+A crash before 6 replays the batch: same files, its dead letters and live messages again with the same ids
+(at-least-once: dead letters deduplicate on the `vitalstream.source` header, risk on (patient_id,
+window_end), alerts on (alert_id, state, sequence)). A crash after 6 loses nothing and doubles nothing.
 
 An empty poll is idleness or an outage: the source tells them apart (`reachable`). A broker that stopped
 answering is waited for with backoff up to `outage_timeout_s`, then the run stops with BrokerUnavailable
@@ -62,6 +66,13 @@ class DeadLetterSink(Protocol):
     def close(self) -> None: ...
 
 
+class LiveOutputs(Protocol):
+    """Where each batch's risk scores and alert events go as they happen (pipeline.kafka_io.LiveTopics)."""
+
+    def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int: ...
+    def close(self) -> None: ...
+
+
 class Lake(Protocol):
     """Where a batch's tables and the quality samples go (pipeline.sink.ParquetLake)."""
 
@@ -102,9 +113,10 @@ class RunSummary:
 
     @property
     def balanced(self) -> bool:
-        """consumed = windowed + duplicates + quarantined + change in readings waiting in open windows."""
+        """consumed = windowed + duplicates + quarantined + acks applied + change in readings waiting in open
+        windows."""
         r = self.run
-        return r.consumed == r.windowed + r.duplicates + r.quarantined_total + (
+        return r.consumed == r.windowed + r.duplicates + r.quarantined_total + r.acks + (
             self.pending_after - self.pending_before
         )
 
@@ -132,7 +144,7 @@ def resume(cfg: EngineConfig, scorer: Scorer, lake: Lake, checkpoints: Checkpoin
 
 
 class BatchProtocol:
-    """Steps 3-6 for one processed batch, in order. Each step starts only once the one before has succeeded."""
+    """Steps 3-7 for one processed batch, in order. Each step starts only once the one before has succeeded."""
 
     def __init__(
         self,
@@ -144,8 +156,9 @@ class BatchProtocol:
         cfg: LoopConfig,
         outage: Outage,
         logger: Any,
+        outputs: LiveOutputs | None = None,
     ) -> None:
-        self.engine, self.source, self.dead_letters = engine, source, dead_letters
+        self.engine, self.source, self.dead_letters, self.outputs = engine, source, dead_letters, outputs
         self.lake, self.checkpoints, self.cfg, self.outage, self.logger = lake, checkpoints, cfg, outage, logger
 
     def commit(self, out: BatchOutput) -> None:
@@ -155,10 +168,15 @@ class BatchProtocol:
         self.outage.waited_elsewhere(time.monotonic() - sent_at)
         # 4. Parquet, retried
         self._with_retries(f"writing batch {out.seq}", lambda: self.lake.write_batch(out.seq, out.datasets()))
-        # 5. the state checkpoint, retried
+        # 5. the live topics, acknowledged
+        if self.outputs is not None and (len(out.risk_scores) or len(out.alerts)):
+            sent_at = time.monotonic()
+            self.outputs.publish(out.risk_scores, out.alerts, self.cfg.outage_timeout_s)
+            self.outage.waited_elsewhere(time.monotonic() - sent_at)
+        # 6. the state checkpoint, retried
         self._with_retries(f"checkpointing batch {out.seq}", lambda: self.checkpoints.save(self.engine.snapshot()))
         pa.default_memory_pool().release_unused()  # hand freed batch memory back to the OS between batches
-        # 6. offsets to Kafka
+        # 7. offsets to Kafka
         self.source.commit(self.engine.offsets)
 
     def _with_retries(self, what: str, step: Callable[[], object]) -> None:
@@ -185,14 +203,17 @@ def run(
     logger: Any = None,
     on_batch: Callable[[BatchOutput], None] | None = None,
     names: tuple[str, str] = ("Kafka broker", ""),
+    outputs: LiveOutputs | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
-    """Consume until idle (or for ever under `follow`), committing each batch by the protocol above.
-    `names`: the broker and the lake as the logs and the summary name them."""
+    """Consume until idle (or for ever under `follow`, until `stop()` says so), committing each batch by the
+    protocol above. `names`: the broker and the lake as the logs and the summary name them; `outputs`: the
+    live topics (none: the lake only)."""
     logger = logger or logging.getLogger(__name__)
     broker_name, lake_name = names
     engine = resume(engine_cfg, scorer, lake, checkpoints)
     outage = Outage(cfg.outage_timeout_s, logger, broker_name)
-    protocol = BatchProtocol(engine, source, dead_letters, lake, checkpoints, cfg, outage, logger)
+    protocol = BatchProtocol(engine, source, dead_letters, lake, checkpoints, cfg, outage, logger, outputs)
     run_id, started, sampled_at = new_id(), time.perf_counter(), time.monotonic()
     totals, batches, pending_before = Totals(), 0, engine.pending
 
@@ -204,7 +225,7 @@ def run(
         source.resume_from(engine.offsets)
         source.wait_for_assignment()
         idle_polls = 0
-        while True:
+        while stop is None or not stop():
             raw = source.poll_batch()  # 1. poll
             lagging = source.lagging()
             if not raw:
@@ -219,7 +240,7 @@ def run(
             outage.over()
             idle_polls = 0
             out = engine.process(raw, lagging=lagging)  # 2. process
-            protocol.commit(out)  # 3-6
+            protocol.commit(out)  # 3-7
             totals.add(out.counts)
             batches += 1
             if on_batch is not None:
@@ -236,6 +257,8 @@ def run(
     finally:
         source.close()
         dead_letters.close()
+        if outputs is not None:
+            outputs.close()
     summary = RunSummary(
         run_id,
         cfg.mode,

@@ -7,20 +7,22 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
 from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from models.scorer import Scorer
+from pipeline.alerts import load_policy
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.errors import ModelError
-from pipeline.kafka_io import DeadLetters, check_reachable
+from pipeline.kafka_io import DeadLetters, LiveTopics, check_reachable
 from pipeline.privacy import key_from_env
 from pipeline.sink import ParquetLake, ensure_writable, restrict_permissions
 from runtime.checkpoint import FileCheckpoints
-from runtime.engine import EngineConfig
+from runtime.engine import BatchOutput, EngineConfig
 from runtime.loop import LoopConfig, Mode, RunSummary, run
 
 
@@ -45,10 +47,11 @@ def build_scorer(settings: Settings) -> Scorer:
 
 
 def preflight(settings: Settings, bootstrap: str) -> None:
-    """The expected failures (no pseudonym key, lake not writable, no model, no broker), each as one line,
-    before anything starts."""
+    """The expected failures (no pseudonym key, bad alert policy, lake not writable, no model, no broker), each
+    as one line, before anything starts."""
     if settings.pseudonymise:
         key_from_env()
+    load_policy(settings.alert_policy)
     ensure_writable(settings.lake)
     build_scorer(settings)
     check_reachable(settings.kafka(bootstrap))
@@ -70,15 +73,20 @@ def run_scoring(
     logger: Any = None,
     progress: bool = False,
     max_idle_polls: int = 40,
+    stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[BatchOutput], None] | None = None,
 ) -> RunSummary:
-    """Consume the four topics (they must exist), score closed windows, write the lake; the run summary."""
+    """Consume the four topics and the ack topic (they must exist), score closed windows, raise alerts, write
+    the lake and the live topics; the run summary. `stop`: ends a `follow` run when it returns True."""
     kafka = settings.kafka(bootstrap)
     pseudonym_key = key_from_env() if settings.pseudonymise else None
     restrict_permissions()  # the lake holds health data: files 0o640, directories 0o750
     ensure_writable(settings.lake)
     use_jemalloc()
     name = settings.state_name()
-    engine_cfg = EngineConfig(settings.window(), settings.quality_sample_rows, pseudonym_key)
+    engine_cfg = EngineConfig(
+        settings.window(), settings.quality_sample_rows, pseudonym_key, load_policy(settings.alert_policy)
+    )
     loop_cfg = LoopConfig(mode=mode, max_idle_polls=max_idle_polls, outage_timeout_s=settings.broker_outage_timeout_s)
     bar = _progress(progress)
     try:
@@ -91,12 +99,26 @@ def run_scoring(
             FileCheckpoints(settings.lake, name, settings.window()),
             loop_cfg,
             logger,
-            on_batch=(lambda out: bar.update(out.counts.consumed)) if bar is not None else None,
+            on_batch=_chain(on_batch, (lambda out: bar.update(out.counts.consumed)) if bar is not None else None),
             names=(f"Kafka broker {kafka.bootstrap}", str(settings.lake)),
+            outputs=LiveTopics(kafka),
+            stop=stop,
         )
     finally:
         if bar is not None:
             bar.close()
+
+
+def _chain(*calls: Callable[[BatchOutput], None] | None) -> Callable[[BatchOutput], None] | None:
+    todo = [c for c in calls if c is not None]
+    if not todo:
+        return None
+
+    def each(out: BatchOutput) -> None:
+        for call in todo:
+            call(out)
+
+    return each
 
 
 def _progress(enabled: bool) -> Any:

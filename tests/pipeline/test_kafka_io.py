@@ -68,6 +68,15 @@ def test_settings_name_the_topics_and_the_dead_letter_topic() -> None:
     other = KafkaSettings("127.0.0.1:9092", topic_prefix="ward7.")
     assert other.topics() == [f"ward7.{stream}" for stream in STREAMS] and other.dead_letter_topic() == "ward7.dlq"
     assert KafkaSettings("127.0.0.1:9092", dlq_topic="quarantine-topic").dead_letter_topic() == "quarantine-topic"
+    # live outputs and acknowledgements follow the prefix unless named
+    assert (other.risk_topic(), other.alerts_topic(), other.ack_topic()) == (
+        "ward7.risk",
+        "ward7.alerts",
+        "ward7.alerts.ack",
+    )
+    assert other.input_topics() == [*other.topics(), "ward7.alerts.ack"]
+    named = KafkaSettings("127.0.0.1:9092", risk_topic_name="icu-risk", alerts_topic_name="icu-alerts")
+    assert (named.risk_topic(), named.alerts_topic()) == ("icu-risk", "icu-alerts")
 
 
 def test_client_config_splits_the_bootstrap_list_and_passes_security_options_through() -> None:
@@ -116,7 +125,7 @@ def test_check_reachable_accepts_a_listening_broker(session_broker: EmbeddedBrok
     check_reachable(KafkaSettings(f"127.0.0.1:{free_port()},{session_broker.bootstrap}", connect_timeout_s=0.3))
 
 
-def test_ensure_topics_creates_the_four_topics_and_the_dead_letter_topic(session_broker: EmbeddedBroker) -> None:
+def test_ensure_topics_creates_the_input_dead_letter_and_live_topics(session_broker: EmbeddedBroker) -> None:
     s = settings(session_broker, partitions=3)
     ensure_topics(s)
     ensure_topics(s)  # a second time: nothing to do, no error
@@ -125,7 +134,7 @@ def test_ensure_topics_creates_the_four_topics_and_the_dead_letter_topic(session
         mine = {t for t in admin.list_topics() if t.startswith(s.topic_prefix)}
     finally:
         admin.close()
-    assert mine == {*s.topics(), s.dead_letter_topic()}
+    assert mine == {*s.input_topics(), s.dead_letter_topic(), s.risk_topic(), s.alerts_topic()}
     consumer = KafkaConsumer(bootstrap_servers=[session_broker.bootstrap])
     try:
         assert {t: len(consumer.partitions_for_topic(t) or ()) for t in mine} == dict.fromkeys(mine, 3)
@@ -157,7 +166,7 @@ def test_produced_messages_come_back_as_raw_batches_per_topic(session_broker: Em
     consumer = StreamConsumer(s, group=f"g-{s.topic_prefix}")
     try:
         assigned = consumer.wait_for_assignment(timeout_s=10)
-        assert {(tp.topic, tp.partition) for tp in assigned} == {(t, p) for t in s.topics() for p in (0, 1)}
+        assert {(tp.topic, tp.partition) for tp in assigned} == {(t, p) for t in s.input_topics() for p in (0, 1)}
         got: list[RawBatch] = []
         deadline = time.monotonic() + 15
         while sum(len(b) for b in got) < len(sent) and time.monotonic() < deadline:

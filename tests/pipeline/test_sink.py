@@ -42,7 +42,10 @@ def quarantine(kafka_ts_ms: list[int]) -> pa.Table:
 
 def batch(starts_ms: list[int], patient: str = "P1") -> dict[str, pa.Table]:
     w = windows(starts_ms, patient)
-    return {"risk_scores": w, "windows": w, "quarantine": quarantine(starts_ms)}
+    q = quarantine(starts_ms)
+    at = q.column("kafka_timestamp")
+    alerts, acks = pa.table({"event_time": at, "state": ["raised"] * len(q)}), pa.table({"acked_at": at})
+    return {"risk_scores": w, "windows": w, "quarantine": q, "alerts": alerts, "acks": acks}
 
 
 def lake_files(root: Path) -> list[str]:

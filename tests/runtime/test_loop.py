@@ -4,6 +4,7 @@ between Parquet and the checkpoint, write retries and a broker that never comes 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from models.lstm import load_checkpoint
 from models.scorer import Scorer
+from pipeline.alerts import AlertState
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
 from runtime.engine import EngineConfig, EngineState
@@ -118,12 +120,32 @@ class MemoryLake:
         return f"memory:{suite}/{sample_id}"
 
     def rows(self, dataset: str) -> list[tuple]:
-        volatile = {"scored_at", "quarantined_at"}
+        volatile = {"scored_at", "quarantined_at", "emitted_at"}
         tables = [b[dataset] for _, b in sorted(self.batches.items())]
         t = pa.concat_tables(tables)
         t = t.select([c for c in t.column_names if c not in volatile])
         rows = [tuple(round(v, 6) if isinstance(v, float) else v for v in r.values()) for r in t.to_pylist()]
         return sorted(rows, key=repr)
+
+
+class MemoryOutputs:
+    """The live topics: every message ever published, duplicates included (at-least-once)."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.risk: list[tuple] = []
+        self.alerts: list[tuple] = []
+
+    def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int:
+        self.log.append("publish")
+        self.risk += [
+            (r["patient_id"], r["window_end"]) for r in risk_scores.select(["patient_id", "window_end"]).to_pylist()
+        ]
+        self.alerts += [(r["alert_id"], r["state"], r["sequence"]) for r in alerts.to_pylist()]
+        return len(risk_scores) + len(alerts)
+
+    def close(self) -> None:
+        pass
 
 
 class MemoryCheckpoints:
@@ -152,6 +174,7 @@ class MemoryCheckpoints:
             dict(state.offsets),
             state.seq,
             state.totals.__class__.from_dict(state.totals.as_dict()),
+            AlertState.from_tables(state.alerts.to_tables()),
         )
 
 
@@ -182,18 +205,21 @@ def one_run(
     checkpoints: MemoryCheckpoints,
     dead: MemoryDeadLetters,
     cfg: LoopConfig = FAST,
+    outputs: MemoryOutputs | None = None,
 ) -> dict:
-    return run(EngineConfig(), scorer, source, dead, lake, checkpoints, cfg).as_dict()
+    return run(EngineConfig(), scorer, source, dead, lake, checkpoints, cfg, outputs=outputs).as_dict()
 
 
 def test_each_batch_follows_the_protocol_and_the_run_balances(messages: list[Message], scorer: Scorer) -> None:
     log: list[str] = []
     source, lake, ckpt = MemorySource(messages, 300, log), MemoryLake(log), MemoryCheckpoints(log)
-    dead = MemoryDeadLetters(log)
-    summary = one_run(scorer, source, lake, ckpt, dead)
+    dead, outputs = MemoryDeadLetters(log), MemoryOutputs(log)
+    summary = one_run(scorer, source, lake, ckpt, dead, outputs=outputs)
     assert summary["balanced"] and summary["consumed"] == len(messages)
-    steps = ["dead letters", "parquet", "checkpoint", "commit"]
-    assert log == steps * (summary["batches"] + 1)  # + the drain batch
+    # publishing comes after Parquet and before the checkpoint, in batches that scored or alerted
+    steps = "dead letters, parquet, (publish, )?checkpoint, commit, "
+    assert re.fullmatch(f"({steps}){{{summary['batches'] + 1}}}", ", ".join(log) + ", ")  # + the drain batch
+    assert "publish" in log and len(outputs.risk) == summary["scored"] and len(set(outputs.risk)) == len(outputs.risk)
     assert source.committed == {f"{t}:0": len(m) for t, m in source.by_topic.items()}
     assert sum(summary["quarantined"].values()) == len(dead.sent) > 0  # the simulator sends malformed messages
     assert lake.samples  # a quality sample per suite, written at the end
@@ -203,13 +229,13 @@ def test_a_crash_between_parquet_and_the_checkpoint_replays_the_batch_and_double
     messages: list[Message], scorer: Scorer
 ) -> None:
     log: list[str] = []
-    clean_lake, clean_dead = MemoryLake(log), MemoryDeadLetters(log)
-    one_run(scorer, MemorySource(messages, 300, log), clean_lake, MemoryCheckpoints(log), clean_dead)
+    clean_lake, clean_dead, clean_out = MemoryLake(log), MemoryDeadLetters(log), MemoryOutputs(log)
+    one_run(scorer, MemorySource(messages, 300, log), clean_lake, MemoryCheckpoints(log), clean_dead, outputs=clean_out)
 
     lake, ckpt, dead = MemoryLake(log), MemoryCheckpoints(log, crash_on_save=4), MemoryDeadLetters(log)
-    source = MemorySource(messages, 300, log)
+    source, out = MemorySource(messages, 300, log), MemoryOutputs(log)
     with pytest.raises(Crash):
-        one_run(scorer, source, lake, ckpt, dead)
+        one_run(scorer, source, lake, ckpt, dead, outputs=out)
     assert ckpt.saved is not None and ckpt.saved.seq == 3 and 4 in lake.batches  # batch 4's files, no checkpoint
     assert source.committed == ckpt.saved.offsets  # Kafka never got ahead of the checkpoint
 
@@ -217,10 +243,13 @@ def test_a_crash_between_parquet_and_the_checkpoint_replays_the_batch_and_double
     engine = resume(EngineConfig(), scorer, lake, ckpt)  # what the restart does first
     assert engine.seq == 3 and 4 not in lake.batches  # the orphaned batch's files are gone
     # the restart reads from the checkpoint's offsets, in differently sized polls
-    summary = one_run(scorer, MemorySource(messages, 410, log), lake, ckpt, dead)
+    summary = one_run(scorer, MemorySource(messages, 410, log), lake, ckpt, dead, outputs=out)
     assert summary["balanced"]
-    for dataset in ("risk_scores", "windows", "quarantine"):
+    for dataset in ("risk_scores", "windows", "quarantine", "alerts"):
         assert lake.rows(dataset) == clean_lake.rows(dataset), dataset
+    # the live topics: at-least-once, the same (alert_id, state, sequence) events and scored windows
+    assert clean_out.alerts and set(out.alerts) == set(clean_out.alerts) and len(out.alerts) >= len(clean_out.alerts)
+    assert set(out.risk) == set(clean_out.risk) and len(set(clean_out.risk)) == len(clean_out.risk)
     assert ckpt.saved is not None and ckpt.saved.totals.consumed == len(messages)
     # dead letters are at-least-once: every one of the clean run's, the replayed batch's twice at most
     assert set(dead.sent) == set(clean_dead.sent) and len(dead.sent) >= len(clean_dead.sent)
