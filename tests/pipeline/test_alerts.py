@@ -388,3 +388,12 @@ def test_an_unreadable_policy_file_is_one_line(tmp_path: Path) -> None:
 def test_json_rows_have_iso_times_and_nulls() -> None:
     t = pa.table({"a": pa.array([T0 + 1234], pa.int64()).cast(TS), "b": pa.array([float("nan")]), "c": ["x"]})
     assert json.loads(to_json_rows(t)[0]) == {"a": "2025-11-25T00:00:01.234Z", "b": None, "c": "x"}
+
+
+def test_the_tables_have_the_documented_columns() -> None:
+    from pipeline.alerts import ACK_SCHEMA
+    from pipeline.contract import output_schemas
+
+    documented = output_schemas()
+    assert [c["name"] for c in documented["alerts"]] == [*ALERT_SCHEMA.names, "date"]
+    assert [c["name"] for c in documented["acks"]] == [*ACK_SCHEMA.names, "date"]
