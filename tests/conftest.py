@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,3 +204,26 @@ def run_engine(lake: Path, ckpt: Path, todo: list[list[RawBatch]], drain: bool =
     if drain:
         engine.write(engine.process([], drain=True))
     return engine
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int = 0, timeout_s: float = 20.0) -> list[tuple[str, Any]]:
+    """Every message of `topic` from the start, as (key, value JSON)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (parts := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in parts or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[tuple[str, Any]] = []
+        idle = 0
+        while time.monotonic() < deadline and (len(out) < at_least or idle < 3):
+            got = consumer.poll(timeout_ms=500)
+            idle = 0 if got else idle + 1
+            out += [(r.key.decode(), json.loads(r.value)) for records in got.values() for r in records]
+        return out
+    finally:
+        consumer.close()

@@ -1,5 +1,6 @@
 """Kill the scoring run (SIGKILL to its whole process group: scoring, consumer, Prefect's
-server) at random points, restart it, and compare the lake with an uninterrupted run over the same topics.
+server) at random points, restart it, and compare the lake with an uninterrupted run over the same topics,
+and the alert events each published on its own alerts topic: the same (alert_id, state, sequence) set.
 
 `make test` runs KILL_TRIALS=2; `make soak` runs more. Each trial waits until the run has checkpointed at
 least one batch, then kills it after a random delay, so kills land while consuming, while writing Parquet
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_lake
+from conftest import assert_same_lake, read_topic
 
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
 from sim.broker import EmbeddedBroker
@@ -37,6 +38,7 @@ def run(bootstrap: str, lake: Path, group: str) -> subprocess.Popen[bytes]:
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "VITALSTREAM_TOPIC_PREFIX": "kill.", "VITALSTREAM_MAX_BATCH_RECORDS": "4000"}
+    env |= {"VITALSTREAM_ALERTS_TOPIC": f"kill.alerts.{group}", "VITALSTREAM_RISK_TOPIC": f"kill.risk.{group}"}
     # The session's Prefect test server: a run started without one starts its own (5-12 s each); killing a
     # run leaves its flow run marked running there, which matters to nobody.
     env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
@@ -48,6 +50,13 @@ def run(bootstrap: str, lake: Path, group: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, killed as a whole like a crashed container
     )
+
+
+def alert_events(lake: Path) -> list[tuple[str, str, int]]:
+    import pyarrow.dataset as ds
+
+    t = ds.dataset(lake / "alerts", format="parquet", partitioning="hive").to_table()
+    return sorted(zip(*(t.column(c).to_pylist() for c in ("alert_id", "state", "sequence")), strict=True))
 
 
 def checkpointed_batches(lake: Path, group: str) -> int:
@@ -89,6 +98,13 @@ def test_killed_and_restarted_runs_leave_the_same_lake_as_one_clean_run(
 
     assert kills >= 1
     assert_same_lake(lake, tmp_path / "clean")
+    # Alerts: the lake holds each event once, the topic at least once; both equal the clean run's.
+    clean_events, killed_events = alert_events(tmp_path / "clean"), alert_events(lake)
+    assert clean_events and killed_events == clean_events
+    on_topic = read_topic(broker.bootstrap, "kill.alerts.killed", at_least=len(clean_events))
+    assert {(v["alert_id"], v["state"], v["sequence"]) for _, v in on_topic} == set(clean_events)
+    clean_topic = read_topic(broker.bootstrap, "kill.alerts.clean", at_least=len(clean_events))
+    assert sorted((v["alert_id"], v["state"], v["sequence"]) for _, v in clean_topic) == clean_events
     state = lake / "_state" / "killed"
     totals = json.loads((state / (state / "CURRENT").read_text().strip() / "state.json").read_text())["totals"]
     windowed_dup_quarantined = totals["windowed"] + totals["duplicates"] + sum(totals["quarantined"].values())

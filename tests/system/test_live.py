@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import pyarrow.dataset as ds
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from conftest import read_topic
 
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
@@ -22,27 +22,6 @@ from sim.simulate import SimulationConfig, encode, simulate
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def read_topic(bootstrap: str, topic: str, at_least: int = 0, timeout_s: float = 20.0) -> list[tuple[str, Any]]:
-    """Every message of `topic` from the start, as (key, value JSON)."""
-    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not (parts := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in parts or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[tuple[str, Any]] = []
-        idle = 0
-        while time.monotonic() < deadline and (len(out) < at_least or idle < 3):
-            got = consumer.poll(timeout_ms=500)
-            idle = 0 if got else idle + 1
-            out += [(r.key.decode(), json.loads(r.value)) for records in got.values() for r in records]
-        return out
-    finally:
-        consumer.close()
 
 
 def schema(name: str) -> jsonschema.Draft202012Validator:
