@@ -100,7 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         const="drain",
         help="as --until-idle, then close every open window (finished recordings)",
     )
-    mode.add_argument("--follow", dest="mode", action="store_const", const="follow", help="keep running")
+    mode.add_argument(
+        "--follow",
+        dest="mode",
+        action="store_const",
+        const="follow",
+        help="live: keep running, publishing risk and alerts as windows close, until SIGTERM or Ctrl-C",
+    )
     r.add_argument("--engine", choices=("torch", "onnx"), help="scoring engine (default: scoring_engine, torch)")
     r.set_defaults(handler=cmd_run, mode="until-idle")
 

@@ -4,9 +4,10 @@ are settings, `vitalstream serve --list` prints them).
 
 Scoring and compaction must never overlap themselves (two scoring runs in one group would share one state
 checkpoint), so each deployment has a concurrency limit of one that cancels a run scheduled while the
-previous is still going, instead of queueing them up. Flow parameters are plain JSON: a worker reads its
-settings from its own VITALSTREAM_* environment or TOML file, and the parameters carry only what the
-command line overrode.
+previous is still going, instead of queueing them up. Scoring runs live (`follow`): one flow run that never
+ends, and its schedule only starts a new one when that run has stopped (crashed, cancelled, host restarted).
+Flow parameters are plain JSON: a worker reads its settings from its own VITALSTREAM_* environment or TOML
+file, and the parameters carry only what the command line overrode.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class Deployment:
 
 # The one list of deployments; `deployments()` builds them for `serve`, `prefect_yaml()` for `prefect deploy`.
 DEPLOYMENTS: tuple[Deployment, ...] = (
-    Deployment("scoring", "flows.serve:scheduled_scoring", "score_cron", "Consume, score and write the lake"),
+    Deployment(
+        "scoring",
+        "flows.serve:scheduled_scoring",
+        "score_cron",
+        "Live: consume, score, alert, publish and write the lake (restarted by the schedule if it stops)",
+    ),
     Deployment("compaction", "flows.compaction:compaction_flow", "compact_cron", "Merge small Parquet files"),
     Deployment(
         "validate",
@@ -85,7 +91,7 @@ def parameters(d: Deployment, settings: Settings, lake: str | None, config: str 
         return {"out": str(candidate_checkpoint(settings))}
     params: dict[str, Any] = {k: v for k, v in (("lake", lake), ("config", config)) if v is not None}
     if d.name == "scoring":
-        params["mode"] = "until-idle"
+        params["mode"] = "follow"  # one long-running live run; the schedule restarts it if it stops
         if settings.bootstrap and lake is not None:
             params["bootstrap"] = settings.bootstrap
     return params

@@ -145,7 +145,7 @@ SETTING_DOCS: dict[str, str] = {
     "quality_sample_rows": "rows per suite and sample that Great Expectations validates (failing rows first)",
     "connect_timeout_s": "how long to wait for the broker before failing",
     "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",
-    "score_cron": "`vitalstream serve`: when the scoring deployment runs (cron)",
+    "score_cron": "`vitalstream serve`: when to start the live scoring run if it is not running (cron)",
     "compact_cron": "`vitalstream serve`: when Parquet compaction runs (cron)",
     "validate_cron": "`vitalstream serve`: when Great Expectations validates the samples scoring runs wrote (cron)",
     "quality_cron": "`vitalstream serve`: when the data-quality report (Data Docs) is rebuilt (cron)",

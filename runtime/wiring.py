@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +91,9 @@ def run_scoring(
     )
     loop_cfg = LoopConfig(mode=mode, max_idle_polls=max_idle_polls, outage_timeout_s=settings.broker_outage_timeout_s)
     bar = _progress(progress)
+    stop_requested = _stop_on_signals() if mode == "follow" and stop is None else None
+    if stop_requested is not None:
+        stop = stop_requested.is_set
     try:
         return run(
             engine_cfg,
@@ -107,6 +112,29 @@ def run_scoring(
     finally:
         if bar is not None:
             bar.close()
+        if stop_requested is not None:
+            _restore_signals()
+
+
+_SAVED_HANDLERS: dict[int, Any] = {}
+
+
+def _stop_on_signals() -> threading.Event | None:
+    """A live run ends cleanly on SIGTERM or SIGINT (a container stop, Ctrl-C): the batch in hand is committed
+    and the consumer leaves its group. None where signals cannot be caught (not the main thread)."""
+    stop = threading.Event()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            _SAVED_HANDLERS[sig] = signal.signal(sig, lambda *_: stop.set())
+    except ValueError:
+        return None
+    return stop
+
+
+def _restore_signals() -> None:
+    for sig, handler in _SAVED_HANDLERS.items():
+        signal.signal(sig, handler)
+    _SAVED_HANDLERS.clear()
 
 
 def _chain(*calls: Callable[[BatchOutput], None] | None) -> Callable[[BatchOutput], None] | None:

@@ -66,7 +66,7 @@ def test_the_parameters_carry_the_broker_an_absolute_lake_and_the_candidate_chec
     settings = Settings(bootstrap="kafka-1:9092,kafka-2:9092", lake=Path("relative/lake"))
     params = {d.name: d.parameters for d in deployments(settings)}
     lake = tmp_path / "relative" / "lake"  # resolved: served runs start in processes of their own
-    assert params["scoring"] == {"lake": str(lake), "mode": "until-idle", "bootstrap": "kafka-1:9092,kafka-2:9092"}
+    assert params["scoring"] == {"lake": str(lake), "mode": "follow", "bootstrap": "kafka-1:9092,kafka-2:9092"}
     for name in ("compaction", "validate", "quality-report"):
         assert params[name] == {"lake": str(lake)}
     assert params["retraining"] == {"out": str(lake / "_models" / "candidate" / "risk_lstm.pt")}
@@ -95,4 +95,4 @@ def test_prefect_yaml_output_parses_and_equals_the_committed_file() -> None:
         assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # the YAML anchor
     by_name = {d["name"]: d for d in doc["deployments"]}
     assert by_name["retraining"]["parameters"] == {"out": "/lake/_models/candidate/risk_lstm.pt"}  # the image's lake
-    assert by_name["scoring"]["parameters"] == {"mode": "until-idle"}  # the worker's own broker setting
+    assert by_name["scoring"]["parameters"] == {"mode": "follow"}  # the worker's own broker setting

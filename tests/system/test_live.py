@@ -95,3 +95,36 @@ def test_risk_and_alerts_reach_the_live_topics_and_acks_come_back(
     after = read_topic(bootstrap, kafka.alerts_topic(), at_least=len(events) + 1)
     acked = [v for _, v in after if v["alert_id"] == raised["alert_id"] and v["state"] == "acknowledged"]
     assert len(acked) == 1 and acked[0]["acked_by"] == "nurse-7"
+
+
+def test_run_follow_alerts_a_fall_while_it_runs_and_stops_cleanly_on_sigterm(
+    session_broker: EmbeddedBroker, prefect_session: None, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    bootstrap, prefix = session_broker.bootstrap, "live2."
+    kafka = KafkaSettings(bootstrap, topic_prefix=prefix, partitions=3)
+    ensure_topics(kafka)
+    env = {**os.environ, "VITALSTREAM_TOPIC_PREFIX": prefix, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", bootstrap, "--lake", str(tmp_path / "lake")]
+    proc = subprocess.Popen([*cmd, "--follow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # start-up and the group join
+        assert proc.poll() is None, proc.communicate()
+        now_ms = int(time.time() * 1000)
+        fall = {"patient_id": "P000777", "device_id": "fall-P000777", "ts": now_ms, "fall_detected": True}
+        prod = producer(kafka)
+        produce(prod, kafka, [("fall", b"P000777", json.dumps(fall | {"confidence": 0.9}).encode(), now_ms)])
+        prod.close()
+        events = read_topic(bootstrap, kafka.alerts_topic(), at_least=1, timeout_s=30)
+        assert [(v["patient_id"], v["condition"], v["state"]) for _, v in events] == [("P000777", "fall", "raised")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "consumed 1 " in " ".join(out.split()) + " ", out  # the summary of a run that ended cleanly

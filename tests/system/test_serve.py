@@ -55,7 +55,7 @@ def test_deployments_have_the_schedules_entrypoints_and_parameters_of_their_flow
     assert built["scoring"].parameters == {
         "bootstrap": "kafka:9092",
         "lake": str((tmp_path / "lake").resolve()),
-        "mode": "until-idle",
+        "mode": "follow",  # one long-running live run, restarted by the schedule
         "config": str(tmp_path / "v.toml"),
     }
     assert built["retraining"].parameters["out"].startswith(str((tmp_path / "lake").resolve()))
