@@ -126,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, help="ONNX file (default: the checkpoint's path with .onnx)")
     ex.set_defaults(handler=cmd_export_onnx)
 
-    q = sub.add_parser("query", help="run SQL over the lake with DuckDB (views: risk_scores, windows, quarantine)")
+    q = sub.add_parser(
+        "query", help="run SQL over the lake with DuckDB (views: risk_scores, windows, quarantine, alerts, acks)"
+    )
     q.add_argument("sql")
     q.add_argument("--lake", type=Path)
     q.set_defaults(handler=cmd_query)
@@ -313,13 +315,37 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
         detail = ", ".join(f"{k} {v:,}" for k, v in r["failed"].items())
         status = "all as expected" if r["success"] else f"unexpected rows (quarantined): {detail}"
         print(f"  great expectations {r['suite']} (sample {r['sample']}): {r['rows']:,} rows, {status}")
+    _print_alerts(s.get("alerts", {}), settings)
     rows = latest_risk(settings.lake, limit=5)
     if rows:
         print("\nhighest-risk patients (latest window):")
         for r in rows:
             print(f"  {r['patient_id']:<12} {r['window_end_utc']} UTC  risk {r['risk_score']:.3f}  {r['risk_level']}")
-    print(f"\noutputs under {settings.lake.resolve()}/: risk_scores/, windows/, quarantine/ (Parquet, by date)")
+    print(
+        f"\noutputs under {settings.lake.resolve()}/: risk_scores/, windows/, quarantine/, alerts/, acks/ "
+        "(Parquet, by date)"
+    )
     print(f'  try: vitalstream query "SELECT risk_level, count(*) FROM risk_scores GROUP BY 1" --lake {settings.lake}')
+
+
+def _print_alerts(counts: dict[str, int], settings: Any) -> None:
+    """The run's alert events by condition and state, and where consumers find them."""
+    from pipeline.alerts import STATES
+
+    kafka = settings.kafka(settings.bootstrap or "-")
+    by: dict[str, dict[str, int]] = {}
+    for key, n in counts.items():
+        condition, _, state = key.partition(":")
+        by.setdefault(condition, {})[state] = n
+    print(f"\nalerts: {sum(counts.values()):,} events" + (" (none)" if not counts else ""))
+    if by:
+        print(f"  {'condition':<24}" + "".join(f"{state:>14}" for state in STATES))
+        for condition, states in sorted(by.items()):
+            print(f"  {condition:<24}" + "".join(f"{states.get(state, 0):>14,}" for state in STATES))
+    print(
+        f"  live on {kafka.alerts_topic()} and {kafka.risk_topic()} (JSON, key = patient id; dedupe on alert_id, "
+        f"state, sequence); acknowledge on {kafka.ack_topic()}; audit in alerts/ (docs/alerts.md)"
+    )
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""DuckDB over the lake: views `risk_scores`, `windows`, `quarantine` on the hive-partitioned Parquet."""
+"""DuckDB over the lake: views `risk_scores`, `windows`, `quarantine`, `alerts`, `acks` on the hive-partitioned
+Parquet."""
 
 from __future__ import annotations
 
