@@ -11,6 +11,7 @@ then the state (`snapshot()`), and a restart builds the engine from the last sav
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class BatchOutput:
     pending_after: int
     alerts: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)  # alert events, also published
     acks: pa.Table = field(default_factory=ACK_SCHEMA.empty_table)  # acknowledgements applied (audit)
+    # For operations (metrics): messages per topic, the watermark and next offsets after it, when it started
+    consumed_by_topic: dict[str, int] = field(default_factory=dict)
+    watermark_ms: int | None = None
+    offsets: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0  # time.monotonic()
 
     def datasets(self) -> dict[str, pa.Table]:
         """The tables the lake keeps, by dataset name."""
@@ -152,7 +158,8 @@ class Engine:
         """One micro-batch. `lagging`: sources ("topic:partition") with unread messages left in Kafka;
         they hold the watermark (see pipeline.window)."""
         pending_before = self.pending
-        now = datetime.now(UTC).replace(microsecond=0)
+        started_at, now = time.monotonic(), datetime.now(UTC).replace(microsecond=0)
+        consumed_by_topic = _sizes(batches)
         counts = Totals(consumed=sum(len(b) for b in batches))
         quarantine: list[pa.Table] = []
         readings: list[pa.Table] = []
@@ -233,7 +240,20 @@ class Engine:
         self.totals.add(counts)
         self.seq += 1
         return BatchOutput(
-            self.seq, scores, windows, q, dead, counts, pending_before, self.pending, alerts, acks_applied
+            self.seq,
+            scores,
+            windows,
+            q,
+            dead,
+            counts,
+            pending_before,
+            self.pending,
+            alerts,
+            acks_applied,
+            consumed_by_topic,
+            self.state.watermark_ms,
+            dict(self.offsets),
+            started_at,
         )
 
     def _lake_quarantine(self, dead: pa.Table) -> pa.Table:
@@ -297,6 +317,13 @@ class QualitySample:
             for suite in sorted(self.checked)
             if self.checked[suite]
         }
+
+
+def _sizes(batches: list[RawBatch]) -> dict[str, int]:
+    sizes: Counter[str] = Counter()
+    for b in batches:
+        sizes[b.topic] += len(b)
+    return dict(sizes)
 
 
 def empty_scores(scorer: Scorer) -> pa.Table:
