@@ -1,7 +1,8 @@
-"""One patient's report: the four streams aligned in time, risk and per-condition probabilities, high-risk episodes,
-anomalies and the gaps where a sensor was silent, as a PNG and a self-contained HTML page.
+"""One patient's report: the four streams aligned in time, risk and per-condition probabilities with the alerts'
+lifecycle (raised, repeated, acknowledged, resolved), high-risk episodes, anomalies and the gaps where a sensor
+was silent, as a PNG and a self-contained HTML page.
 
-Everything comes from the lake (`windows/`, `risk_scores/`, `quarantine/`), read through DuckDB with the
+Everything comes from the lake (`windows/`, `risk_scores/`, `quarantine/`, `alerts/`), read through DuckDB with the
 patient and time range pushed down, so a report costs the same on a lake of one patient or of thousands.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ STREAM_PANELS = (
 )
 
 _SILENT = "#d9d9d9"
+_ALERT_COLUMNS = ["alert_id", "condition", "stream", "state", "sequence", "event_time", "reason", "acked_by"]
+_ALERT_MARKS = {"raised": ("^", "C3"), "repeated": (".", "C1"), "acknowledged": ("D", "C0"), "resolved": ("v", "C2")}
 
 
 @dataclass
@@ -45,6 +48,7 @@ class PatientData:
     window: timedelta
     start: pd.Timestamp
     end: pd.Timestamp
+    alerts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_ALERT_COLUMNS))  # events in range
 
 
 def load_patient(lake: Path, patient_id: str, hours: float) -> PatientData:
@@ -84,8 +88,18 @@ def load_patient(lake: Path, patient_id: str, hours: float) -> PatientData:
             if "quarantine" in tables
             else pd.DataFrame(columns=["reason", "stream", "kafka_timestamp", "detail"])
         )
+        alerts = (
+            con.execute(
+                f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts WHERE patient_id = ? AND event_time >= ? "
+                "AND event_time <= ? ORDER BY event_time, sequence",
+                span,
+            ).df()
+            if "alerts" in tables
+            else pd.DataFrame(columns=_ALERT_COLUMNS)
+        )
     finally:
         con.close()
+    alerts["event_time"] = pd.to_datetime(alerts["event_time"], utc=True)
     window = (windows["window_end"].iloc[0] - windows["window_start"].iloc[0]).to_pytimedelta()
     # Before the patient's first window is before monitoring began, not a silent sensor: start there.
     start = max(start, pd.Timestamp(windows["window_start"].min()).tz_convert("UTC"))
@@ -98,7 +112,7 @@ def load_patient(lake: Path, patient_id: str, hours: float) -> PatientData:
     for stream, *_ in STREAM_PANELS:
         windows[f"{stream}_present"] = windows[f"{stream}_present"].astype("boolean").fillna(False).astype(bool)
     quarantine["kafka_timestamp"] = pd.to_datetime(quarantine["kafka_timestamp"], utc=True)
-    return PatientData(patient_id, windows, scores, quarantine, window, start, end)
+    return PatientData(patient_id, windows, scores, quarantine, window, start, end, alerts)
 
 
 def gaps(data: PatientData) -> list[tuple[str, pd.Timestamp, pd.Timestamp]]:
@@ -183,9 +197,10 @@ def plot(data: PatientData, levels: RiskLevels, path: Path) -> None:
     for row in high_risk_episodes(data, levels).itertuples():
         for a in axes:
             a.axvspan(row._1, row.to, color="C3", alpha=0.08, lw=0)  # itertuples renames "from" to _1
+    _mark_alerts(ax, data.alerts)
     ax.set_ylim(0, 1)
     ax.set_ylabel("risk")
-    ax.legend(loc="upper left", fontsize=7, ncols=3)
+    ax.legend(loc="upper left", fontsize=7, ncols=4)
     ax = axes[5]
     for i, c in enumerate(CONDITIONS):
         ax.plot(mid, s[f"p_{c}"], lw=1.1, color=f"C{i}", label=c)
@@ -199,6 +214,44 @@ def plot(data: PatientData, levels: RiskLevels, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _mark_alerts(ax: Any, alerts: pd.DataFrame) -> None:
+    """Alert events on the risk timeline: one row per condition (named at the right), one marker per state."""
+    if not len(alerts):
+        return
+    pairs = zip(alerts["condition"], alerts["stream"], strict=True)
+    key = [f"{c}:{s}" if isinstance(s, str) else c for c, s in pairs]
+    rows = {name: 0.93 - 0.08 * i for i, name in enumerate(sorted(set(key)))}
+    y = np.array([rows[k] for k in key])
+    for state, (marker, color) in _ALERT_MARKS.items():
+        sel = (alerts["state"] == state).to_numpy()
+        if sel.any():
+            ax.plot(alerts["event_time"][sel], y[sel], marker, color=color, ms=6, ls="none", label=f"alert {state}")
+    for name, at in rows.items():
+        ax.text(1.002, at, name, transform=ax.get_yaxis_transform(), fontsize=7, va="center")
+
+
+def alert_lifecycles(alerts: pd.DataFrame) -> list[list[str]]:
+    """One row per alert: condition, raised, repeats, acknowledged (by, when), resolved, the raise's reason."""
+    rows = []
+    for _, events in alerts.groupby("alert_id", sort=False):
+        first = events.iloc[0]
+        by_state = {s: events[events["state"] == s] for s in _ALERT_MARKS}
+        acked = by_state["acknowledged"]
+        name = f"{first['condition']} ({first['stream']})" if isinstance(first["stream"], str) else first["condition"]
+        raised = by_state["raised"]
+        rows.append(
+            [
+                name,
+                f"{raised['event_time'].iloc[0]:%m-%d %H:%M}" if len(raised) else "before the range",
+                str(len(by_state["repeated"])),
+                f"{acked['acked_by'].iloc[-1]} at {acked['event_time'].iloc[-1]:%m-%d %H:%M}" if len(acked) else "-",
+                f"{by_state['resolved']['event_time'].iloc[0]:%m-%d %H:%M}" if len(by_state["resolved"]) else "open",
+                str(raised["reason"].iloc[0] if len(raised) else first["reason"]),
+            ]
+        )
+    return rows
 
 
 def _shade_silence(ax: Any, starts: pd.DatetimeIndex, silent: np.ndarray, window: timedelta) -> None:
@@ -260,6 +313,8 @@ Not a diagnosis: a screening score for review by a clinician.</p>
 <img src="data:image/png;base64,{image}" alt="streams, risk and probabilities over time">
 <h2>High-risk episodes (risk at or above {levels.high:g})</h2>
 {_table(["from", "to", "peak risk", "likeliest condition"], episode_rows)}
+<h2>Alerts (raised, repeated, acknowledged, resolved)</h2>
+{_table(["alert", "raised", "repeats", "acknowledged", "resolved", "reason"], alert_lifecycles(data.alerts))}
 <h2>Anomalies</h2>{_table(["reason", "stream", "count"], anomaly_rows)}
 <h2>Gaps (a sensor sent nothing)</h2>{_table(["stream", "from", "to", "minutes"], gap_rows)}
 </body></html>

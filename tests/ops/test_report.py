@@ -75,6 +75,8 @@ def test_report_writes_png_and_html_with_gaps_and_anomalies(lake: Path, tmp_path
     assert "<td>heart_rate</td><td>11-22 00:20</td><td>11-22 00:35</td><td>15</td>" in text
     assert "invalid_json" in text and "heart_rate_out_of_range" in text
     assert "glucose 100%" in text and "heart_rate 75%" in text
+    # the heart-rate gap raised a silent-sensor alert, resolved when the monitor sent data again
+    assert "<td>sensor_silent (heart_rate)</td><td>11-22 00:25</td><td>0</td><td>-</td><td>11-22 00:40</td>" in text
 
 
 def test_report_cli_and_unknown_patient(lake: Path, capsys: pytest.CaptureFixture[str]) -> None:
