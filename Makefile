@@ -32,6 +32,8 @@ test-server: setup  # also runs a deployment through `vitalstream serve` on a re
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/scoring.py
+	$(PY) bench/alert_rate.py   # raised alerts per patient-day outside real events (about 40 s)
+	$(PY) bench/latency.py      # live latency: real-time producer for 7 min through run --follow
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipeline sim ops models runtime flows cli

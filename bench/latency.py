@@ -1,7 +1,7 @@
 """Live latency: from the reading that closes a window to its message on the risk topic, and from a fall
 reading to its alert, with `vitalstream run --follow` scoring simulated patients sent in real time.
 
-    python bench/latency.py [--patients 200] [--seconds 360] [--backfill-minutes 12]
+    python bench/latency.py [--patients 200] [--seconds 420] [--backfill-minutes 12]
 
 An embedded broker; simulated patients whose first `--backfill-minutes` are produced at once (context for the
 model), the rest sent as the wall clock reaches each message's arrival time, for `--seconds`; a fall reading
@@ -9,10 +9,11 @@ of a new patient every 10 s. The scorer is the real CLI in its own process (its 
 process, the shipped model), stopped with SIGTERM at the end.
 
 Risk delay: a window [s, e) can close once the watermark passes e + allowed lateness, i.e. once every
-partition holding the watermark has delivered a reading at or past that event time; the delay runs from the
-Kafka timestamp of the last of those readings (the one that closes it) to the Kafka timestamp of the
-window's risk message. Fall delay: from the fall reading's Kafka timestamp to its `raised` alert's. Only
-windows closed by readings of the real-time phase count. Prints p50, p99 and max; asserts nothing.
+partition holding the watermark (all but the idle ones, as pipeline.window rules) has delivered a reading at
+or past that event time; the delay runs from the Kafka timestamp of the send that moved the watermark there
+(the reading that closes the window) to the Kafka timestamp of the window's risk message. Fall delay: from
+the fall reading's Kafka timestamp to its `raised` alert's. Only windows closed by readings of the
+real-time phase count. Prints p50, p99 and max; asserts nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PREFIX = "lat."
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=360.0)
+    ap.add_argument("--seconds", type=float, default=420.0)
     ap.add_argument("--backfill-minutes", type=float, default=12.0)
     args = ap.parse_args()
     import numpy as np
@@ -116,10 +117,11 @@ def main() -> None:
 
     # When each window could close: every partition that holds the watermark has passed window end + lateness.
     closes: dict[int, int | None] = {}
+    steps = _watermark_steps(history, idle_ms)
     for _, value in risk:
         end = _iso_ms(value["window_end"])
         if end not in closes:
-            closes[end] = _closing_time(history, end + lateness_ms, idle_ms)
+            closes[end] = _closing_time(steps, end + lateness_ms)
     delays, moments = [], set()
     for ts, value in risk:
         closed = closes[_iso_ms(value["window_end"])]
@@ -151,18 +153,31 @@ def _report(what: str, delays: list[float], note: str) -> None:
           f"max {d.max():.2f} s")  # fmt: skip
 
 
-def _closing_time(history: dict, event_ms: int, idle_ms: int) -> int | None:
-    """Kafka timestamp at which the last holding partition first sent a reading at or past `event_ms`."""
-    passed = []
-    for steps in history.values():
-        first = next((ts for ts, high in steps if high >= event_ms), None)
-        if first is None:
-            # never got there: holding only if it was recent (not idle) when the others passed
-            if steps and steps[-1][1] >= event_ms - idle_ms:
-                return None
-            continue
-        passed.append(first)
-    return max(passed) if passed else None
+def _watermark_steps(history: dict, idle_ms: int) -> tuple[list[int], list[int]]:
+    """(Kafka timestamp, watermark) after each send, by the engine's rule: the smallest high-water mark among
+    the partitions within `idle_ms` of the leading one (an idle partition does not hold it); never back."""
+    sends = sorted((ts, tp, high) for tp, steps in history.items() for ts, high in steps)
+    highs: dict = {}
+    times, marks, mark = [], [], None
+    for i, (ts, tp, high) in enumerate(sends):
+        highs[tp] = high
+        if i + 1 < len(sends) and sends[i + 1][0] == ts:
+            continue  # one send, several partitions
+        lead = max(highs.values())
+        now = min(h for h in highs.values() if h >= lead - idle_ms)
+        mark = now if mark is None else max(mark, now)
+        times.append(ts)
+        marks.append(mark)
+    return times, marks
+
+
+def _closing_time(steps: tuple[list[int], list[int]], event_ms: int) -> int | None:
+    """Kafka timestamp of the send that moved the watermark to `event_ms` or past it."""
+    import bisect
+
+    times, marks = steps
+    i = bisect.bisect_left(marks, event_ms)
+    return times[i] if i < len(times) else None
 
 
 def _event_ms(value: bytes) -> int:
