@@ -65,7 +65,7 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
         "scoring",
         "flows.serve:scheduled_scoring",
         "score_cron",
-        "Live: consume, score, alert, publish and write the lake (restarted by the schedule if it stops)",
+        "Live scoring, one long run (consume, score, alert, publish, write the lake); restarted if it stops",
     ),
     Deployment("compaction", "flows.compaction:compaction_flow", "compact_cron", "Merge small Parquet files"),
     Deployment(
