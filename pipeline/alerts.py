@@ -476,8 +476,8 @@ def evaluate(
     _note_sources(state, readings)
     _falls(state, policy, readings, now, out)
     if len(scores):
-        if len(windows) != len(scores):
-            raise ValueError("scores and windows must be row-aligned")
+        if len(windows) != len(scores) or not windows.column("patient_id").equals(scores.column("patient_id")):
+            raise ValueError("scores and windows must be row-aligned (the same patient in each row)")
         ends = epoch_ms(scores.column("window_end"))
         for end in np.unique(ends).tolist():
             _fire_timers(state, policy, end, now, out)

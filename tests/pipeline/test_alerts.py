@@ -397,3 +397,9 @@ def test_the_tables_have_the_documented_columns() -> None:
     documented = output_schemas()
     assert [c["name"] for c in documented["alerts"]] == [*ALERT_SCHEMA.names, "date"]
     assert [c["name"] for c in documented["acks"]] == [*ACK_SCHEMA.names, "date"]
+
+
+def test_scores_and_windows_must_be_row_aligned(policy: AlertPolicy) -> None:
+    scores, wins = window(5, {"P1": {}, "P2": {}})
+    with pytest.raises(ValueError, match="row-aligned"):
+        evaluate(AlertState(), policy, scores, wins.take([1, 0]), NO_READINGS, {}, None, NOW)
