@@ -39,7 +39,7 @@ def main() -> None:
 
     from models.lstm import load_checkpoint
     from models.scorer import Scorer
-    from pipeline.alerts import load_policy
+    from pipeline.alert_policy import load_policy
     from pipeline.batch import RawBatch
     from runtime.engine import Engine, EngineConfig
     from sim.simulate import SimulationConfig, encode, simulate

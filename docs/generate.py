@@ -100,7 +100,8 @@ _NOT_NULL = {
 
 def message_schema(name: str) -> str:
     """The JSON Schema of a live topic's messages: a lake row of its dataset as JSON (ISO-8601 times)."""
-    from pipeline.alerts import ALERT_CONDITIONS, SEVERITIES, STATES
+    from pipeline.alert_policy import ALERT_CONDITIONS, SEVERITIES
+    from pipeline.alerts import STATES
     from pipeline.contract import output_schemas
 
     _ENUMS.update(condition=ALERT_CONDITIONS, state=STATES, severity=SEVERITIES)
@@ -134,7 +135,8 @@ def _example(dataset: str) -> dict[str, Any]:
 
     import pyarrow as pa
 
-    from pipeline.alerts import AlertState, default_policy, evaluate, to_json_rows
+    from pipeline.alert_policy import default_policy
+    from pipeline.alerts import AlertState, evaluate, to_json_rows
     from pipeline.contract import output_schemas
     from pipeline.readings import PROVENANCE_SCHEMA
 

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from models.scorer import HISTORY_SCHEMA, Scorer, prune_history
-from pipeline.alerts import ACK_SCHEMA, ACK_STREAM, ALERT_SCHEMA, AlertPolicy, AlertState, apply_acks, default_policy
+from pipeline.alert_policy import AlertPolicy, default_policy
+from pipeline.alerts import ACK_SCHEMA, ACK_STREAM, ALERT_SCHEMA, AlertState, apply_acks
 from pipeline.alerts import evaluate as evaluate_alerts
 from pipeline.batch import RawBatch
 from pipeline.contract import readings_suite_name, stream_contract

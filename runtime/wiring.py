@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
 from models.scorer import Scorer
-from pipeline.alerts import load_policy
+from pipeline.alert_policy import load_policy
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.errors import ModelError

@@ -13,18 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.alerts import (
-    ACK_STREAM,
-    ALERT_SCHEMA,
-    AlertPolicy,
-    AlertState,
-    apply_acks,
-    default_policy,
-    evaluate,
-    load_policy,
-    parse_policy,
-    to_json_rows,
-)
+from pipeline.alert_policy import AlertPolicy, default_policy, load_policy, parse_policy
+from pipeline.alerts import ACK_STREAM, ALERT_SCHEMA, AlertState, apply_acks, evaluate, to_json_rows
 from pipeline.batch import RawBatch
 from pipeline.errors import ConfigError
 from pipeline.readings import PROVENANCE_SCHEMA
