@@ -73,10 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     s.set_defaults(handler=cmd_simulate)
 
-    rp = sub.add_parser(
-        "replay", help="produce the BIDMC ICU recordings (real heart and respiration rates, PhysioNet) to Kafka"
+    rp = sub.add_parser("replay", help="produce real recordings to Kafka: BIDMC ICU vitals (PhysioNet) or any tidy CSV")
+    rp.add_argument(
+        "--csv",
+        type=Path,
+        help="tidy recording (columns subject, ts_utc, stream, value, unit; .csv or .csv.gz) or a BIDMC numerics "
+        "CSV (default: the BIDMC copy shipped in sim/bidmc_data/)",
     )
-    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy shipped in sim/bidmc_data/)")
+    rp.add_argument(
+        "--shift-to-now",
+        action="store_true",
+        help="tidy recordings: move every time so that the last reading falls in the past hour (default: keep them)",
+    )
     rp.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     rp.set_defaults(handler=cmd_replay)
 
@@ -186,26 +194,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
-    from sim.replay import BIDMC_CSV, bidmc_messages, read_bidmc
+    from sim.replay import BIDMC_CSV, bidmc_messages, is_tidy, read_bidmc, read_tidy, tidy_messages
 
     settings = _settings(args, bootstrap=args.bootstrap)
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
     path = args.csv or BIDMC_CSV
+    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000  # an hour-aligned hour ago
     try:
-        frame = read_bidmc(path)
-    except (OSError, ValueError) as exc:
+        if is_tidy(path):
+            frame = read_tidy(path)
+            shift = start_ms + 3_600_000 - int(frame["event_ms"].max()) - 1 if args.shift_to_now else 0
+            shift -= shift % 3_600_000 if args.shift_to_now else 0  # whole hours: windows stay aligned
+            messages, what = tidy_messages(frame, shift), f"{frame['subject'].nunique()} subjects of {path.name}"
+        else:
+            frame = read_bidmc(path)
+            messages, what = bidmc_messages(frame, start_ms), f"{frame['subject_id'].nunique()} BIDMC patients"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     kafka = settings.kafka(settings.bootstrap)
     check_reachable(kafka)
     ensure_topics(kafka)
-    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000  # the recordings start an hour-aligned hour ago
     prod = producer(kafka)
     try:
-        n = produce(prod, kafka, bidmc_messages(frame, start_ms))
+        n = produce(prod, kafka, messages)
     finally:
         prod.close()
-    print(f"produced {n:,} messages ({frame['subject_id'].nunique()} BIDMC patients) to {settings.bootstrap}")
+    print(f"produced {n:,} messages ({what}) to {settings.bootstrap}")
     return 0
 
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.features import STATS, VITALS
-from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract
+from pipeline.features import VITALS
+from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract, sensor_configuration
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "risk_lstm.pt"
 
@@ -51,7 +51,8 @@ class LSTMConfig:
     heads: tuple[str, ...] = HEADS
     # Inputs added inside the network: each vital statistic minus the patient's own mean over the earlier
     # windows of the context (0 where there is none), so "high for this patient" is visible, not only "high".
-    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(STATS))
+    # Only the statistics a present stream always has (min, max and slope need two readings).
+    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean", "last")))
     # Forecast targets: each vital's window mean, masked by its presence flag.
     forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
 
@@ -121,6 +122,9 @@ class Checkpoint:
     isotonic: list[dict[str, list[float]]] = field(default_factory=list)
     # "head": the "any" risk is its own head; "conditions": 1 - prod(1 - p_condition), then calibrated.
     any_source: str = "head"
+    # Per sensor configuration (model_contract.sensor_configuration, e.g. "glucose+heart_rate"), an isotonic
+    # map for the overall risk combined from that configuration's assessed conditions.
+    isotonic_by_config: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # Per forecast vital, the multiple of the predicted standard deviation that covered `forecast_coverage`
     # of validation windows (split conformal); an observation outside is an anomaly.
     forecast_z: list[float] = field(default_factory=list)
@@ -140,19 +144,41 @@ class Checkpoint:
         net.eval()
         return net
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64)."""
+    def probabilities(self, logits: np.ndarray, assessed: np.ndarray | None = None) -> np.ndarray:
+        """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64).
+
+        With `assessed` ([N, conditions] bool, CONDITIONS order) a condition that is not assessed gets NaN,
+        and the overall risk is 1 - prod(1 - p) over the assessed conditions only, calibrated with the map
+        of its sensor configuration (else the overall map when the checkpoint combines conditions); NaN when
+        nothing is assessed."""
         heads = self.config.heads
         t = np.asarray(self.temperature or [1.0] * len(heads), dtype=np.float64)
         p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
         cond = [heads.index(c) for c in CONDITIONS if c in heads]
         for i in cond:
             p[:, i] = self._iso(i, p[:, i])
+        if assessed is not None:
+            return self._assessed_only(p, np.asarray(assessed, dtype=bool), cond)
         if self.any_source == "conditions" and cond:
             p[:, heads.index("any")] = 1.0 - np.prod(1.0 - p[:, cond], axis=1)
         if "any" in heads:
             i = heads.index("any")
             p[:, i] = self._iso(i, p[:, i])
+        return p
+
+    def _assessed_only(self, p: np.ndarray, assessed: np.ndarray, cond: list[int]) -> np.ndarray:
+        pc = np.where(assessed, p[:, cond], np.nan)
+        p[:, cond] = pc
+        any_i = self.config.heads.index("any")
+        p[:, any_i] = 1.0 - np.prod(1.0 - np.where(assessed, pc, 0.0), axis=1)
+        keys = sensor_configuration(assessed)
+        fallback = self.isotonic[any_i] if self.any_source == "conditions" and any_i < len(self.isotonic) else {}
+        for key in np.unique(keys).tolist():
+            knots = self.isotonic_by_config.get(key) or fallback
+            rows = keys == key
+            if knots:
+                p[rows, any_i] = np.interp(p[rows, any_i], knots["x"], knots["y"])
+        p[~assessed.any(axis=1), any_i] = np.nan
         return p
 
     def _iso(self, head: int, p: np.ndarray) -> np.ndarray:
@@ -225,6 +251,7 @@ def load_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Checkpoint:
             training=dict(doc.get("training", {})),
             isotonic=[dict(k) for k in doc.get("isotonic", [])],
             any_source=str(doc.get("any_source", "head")),
+            isotonic_by_config={str(k): dict(v) for k, v in dict(doc.get("isotonic_by_config", {})).items()},
             forecast_z=list(doc.get("forecast_z", [])),
             forecast_coverage=float(doc.get("forecast_coverage", 0.99)),
             digest=str(doc.get("digest", "")),
