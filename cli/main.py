@@ -371,7 +371,7 @@ def _real_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-real", action="store_true", help="simulated patients only")
     p.add_argument("--real-data", action="append", type=Path, default=[], help="another folder holding cohorts")
     p.add_argument("--real-patients", type=int, default=200, help="patients drawn per cohort (default 200)")
-    p.add_argument("--real-hours", type=float, default=72.0, help="hours per real patient (default 72)")
+    p.add_argument("--real-hours", type=float, default=240.0, help="hours per real patient (default 240)")
 
 
 def _cohorts(args: argparse.Namespace) -> tuple[str, ...]:

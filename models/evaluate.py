@@ -355,6 +355,7 @@ class Split:
     # None: all of them
     assessed: np.ndarray | None = None
     source: np.ndarray | None = None  # [N] "sim" or the real cohort's name
+    keys: np.ndarray | None = None  # [N] sensor configuration (model_contract.sensor_configuration)
 
     def subset(self, rows: np.ndarray, patient_days: float) -> Split:
         """The same split restricted to some of its scored windows (the context stays whole)."""
@@ -370,6 +371,7 @@ class Split:
             patient_days,
             None if self.assessed is None else self.assessed[rows],
             None if self.source is None else self.source[rows],
+            None if self.keys is None else self.keys[rows],
         )
 
 
@@ -447,7 +449,7 @@ def evaluate_one(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCon
     the windows that assess it (the product gives no probability elsewhere)."""
     logits, forecast = network_outputs(ckpt, test.x)
     assessed = np.ones((len(test.y), len(CONDITIONS)), bool) if test.assessed is None else test.assessed
-    p = ckpt.probabilities(logits, assessed)
+    p = ckpt.probabilities(logits, assessed, test.keys)
     raw = 1 / (1 + np.exp(-logits.astype(np.float64)))
     # the same overall risk without the isotonic maps, to show what calibration does
     cond = [HEADS.index(c) for c in CONDITIONS]
@@ -721,7 +723,7 @@ def evaluate_real(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCo
     calibration; the issue's targets, each with whether the cohort has enough events to judge it."""
     logits, _ = network_outputs(ckpt, test.x)
     assessed = np.ones((len(test.y), len(CONDITIONS)), bool) if test.assessed is None else test.assessed
-    p = ckpt.probabilities(logits, assessed)
+    p = ckpt.probabilities(logits, assessed, test.keys)
     patient = np.asarray(test.targets.column("patient_id").to_pylist())
     base = real_baselines(test, ckpt.config.window_count)
     train_mask = head_mask(train_split)
@@ -753,7 +755,7 @@ def evaluate_real(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCo
         row["enough_events"] = bool(row["positives"] >= MIN_POSITIVES and row["event_patients"] >= MIN_EVENT_PATIENTS)
         heads[head] = row
     any_p, y_any = p[:, 0], test.y[:, 0]
-    keys = sensor_configuration(assessed)
+    keys = sensor_configuration(assessed) if test.keys is None else test.keys
     by_config = {}
     for key in sorted(set(keys.tolist())):
         rows = keys == key

@@ -144,13 +144,15 @@ class Checkpoint:
         net.eval()
         return net
 
-    def probabilities(self, logits: np.ndarray, assessed: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(
+        self, logits: np.ndarray, assessed: np.ndarray | None = None, keys: np.ndarray | None = None
+    ) -> np.ndarray:
         """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64).
 
         With `assessed` ([N, conditions] bool, CONDITIONS order) a condition that is not assessed gets NaN,
         and the overall risk is 1 - prod(1 - p) over the assessed conditions only, calibrated with the map
         of its sensor configuration (else the overall map when the checkpoint combines conditions); NaN when
-        nothing is assessed."""
+        nothing is assessed. `keys`: each row's configuration (default: from `assessed` alone)."""
         heads = self.config.heads
         t = np.asarray(self.temperature or [1.0] * len(heads), dtype=np.float64)
         p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
@@ -158,7 +160,7 @@ class Checkpoint:
         for i in cond:
             p[:, i] = self._iso(i, p[:, i])
         if assessed is not None:
-            return self._assessed_only(p, np.asarray(assessed, dtype=bool), cond)
+            return self._assessed_only(p, np.asarray(assessed, dtype=bool), cond, keys)
         if self.any_source == "conditions" and cond:
             p[:, heads.index("any")] = 1.0 - np.prod(1.0 - p[:, cond], axis=1)
         if "any" in heads:
@@ -166,12 +168,14 @@ class Checkpoint:
             p[:, i] = self._iso(i, p[:, i])
         return p
 
-    def _assessed_only(self, p: np.ndarray, assessed: np.ndarray, cond: list[int]) -> np.ndarray:
+    def _assessed_only(
+        self, p: np.ndarray, assessed: np.ndarray, cond: list[int], keys: np.ndarray | None
+    ) -> np.ndarray:
         pc = np.where(assessed, p[:, cond], np.nan)
         p[:, cond] = pc
         any_i = self.config.heads.index("any")
         p[:, any_i] = 1.0 - np.prod(1.0 - np.where(assessed, pc, 0.0), axis=1)
-        keys = sensor_configuration(assessed)
+        keys = sensor_configuration(assessed) if keys is None else keys
         fallback = self.isotonic[any_i] if self.any_source == "conditions" and any_i < len(self.isotonic) else {}
         for key in np.unique(keys).tolist():
             knots = self.isotonic_by_config.get(key) or fallback
@@ -200,6 +204,8 @@ class Checkpoint:
 
     def _doc(self) -> dict[str, Any]:
         doc = {k: v for k, v in asdict(self).items() if k not in ("config", "state_dict", "digest")}
+        if not doc["isotonic_by_config"]:
+            del doc["isotonic_by_config"]  # absent in checkpoints from before sensor configurations
         doc["config"] = asdict(self.config)
         return doc
 

@@ -23,7 +23,14 @@ import torch
 
 from models.lstm import Checkpoint
 from pipeline.features import VITALS
-from pipeline.model_contract import CONDITION_STREAMS, CONDITIONS, LOG_FEATURES, MODEL_FEATURES, RiskLevels
+from pipeline.model_contract import (
+    CONDITION_STREAMS,
+    CONDITIONS,
+    LOG_FEATURES,
+    MODEL_FEATURES,
+    RiskLevels,
+    sensor_configuration,
+)
 from pipeline.readings import epoch_ms
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
@@ -167,7 +174,8 @@ class Scorer:
         assessed, readings = assessment(context, closed, self.window_ms, self.length)
         assessed &= (readings >= self.levels.min_context_readings)[:, None]  # too little history: nothing
         logits, forecast = self.network(x)
-        p = self.checkpoint.probabilities(logits, assessed)
+        keys = sensor_configuration(assessed, present, self.length)
+        p = self.checkpoint.probabilities(logits, assessed, keys)
         heads = self.checkpoint.config.heads
         risk = p[:, heads.index("any")]
         scores = {

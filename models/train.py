@@ -70,7 +70,7 @@ class TrainConfig:
     holdout: str = ""  # a real cohort left out of training and validation: the whole cohort is test
     real_roots: tuple[str, ...] = ()  # extra folders holding cohorts (besides data/real/)
     real_patients: int = 200  # per cohort, patients drawn at random
-    real_hours: float = 72.0  # per patient, one stretch of at most this long
+    real_hours: float = 240.0  # per patient, one stretch of at most this long
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -155,9 +155,10 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(ids)).to_numpy(zero_copy_only=False))
         rows = windows.filter(pa.array(mask))
         ctx = model_inputs(rows)
-        x, _ = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
+        x, present = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
         assessed, readings = assessment(ctx, rows, cfg.window_ms, cfg.window_count)
         assessed &= (readings >= RiskLevels().min_context_readings)[:, None]
+        keys = sensor_configuration(assessed, present, cfg.window_count)
         keep = ~ongoing[mask] & assessed.any(axis=1)  # what the product scores (not insufficient_data)
         evs = events.filter(pc.is_in(events.column("patient_id"), pa.array(ids)))
         if sim.episodes is not None:  # real events have no injected episode: 0
@@ -173,6 +174,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
             sum(days[source_of[p]] for p in ids),
             assessed[keep],
             np.asarray([source_of[p] for p in who], dtype=object),
+            keys[keep],
         )
     conditions = sim.events.column("condition").to_pylist()
     profiles = sim.patients.column("profile").to_pylist()
@@ -342,7 +344,7 @@ def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> N
         combined = ckpt.probabilities(logits, assessed)[:, any_i]  # no overall maps yet: uncalibrated
         y = val.y[:, any_i]
         ckpt.isotonic[any_i] = ev.fit_isotonic(combined, y)
-        keys = sensor_configuration(assessed)
+        keys = sensor_configuration(assessed) if val.keys is None else val.keys
         real = np.zeros(len(y), bool) if val.source is None else val.source != "sim"
         fitted = {}
         for key in sorted(set(keys.tolist())):
@@ -400,12 +402,12 @@ def figures(ckpt: Checkpoint, test: Split) -> dict[str, Any]:
     configuration, its overall AUROC (with the assessed conditions only, as the product scores)."""
     logits, _ = ev.network_outputs(ckpt, ev.split_inputs(ckpt, test))
     assessed = test.assessed if test.assessed is not None else np.ones((len(test.y), len(CONDITIONS)), bool)
-    p = ckpt.probabilities(logits, assessed)[:, ckpt.config.heads.index("any")]
+    p = ckpt.probabilities(logits, assessed, test.keys)[:, ckpt.config.heads.index("any")]
     y = test.y[:, HEADS.index("any")]
     source = test.source if test.source is not None else np.full(len(y), SIM, dtype=object)
     sim = source == SIM
     out: dict[str, Any] = {"auroc": ev.auroc(y[sim], p[sim]), "auprc": ev.auprc(y[sim], p[sim]), "real": {}}
-    keys = sensor_configuration(assessed)
+    keys = sensor_configuration(assessed) if test.keys is None else test.keys
     for group in sorted(set(zip(source[~sim].tolist(), keys[~sim].tolist(), strict=True))):
         rows = (source == group[0]) & (keys == group[1])
         out["real"][f"{group[0]} [{group[1]}]"] = {"auroc": ev.auroc(y[rows], p[rows]), "positives": int(y[rows].sum())}

@@ -70,9 +70,13 @@ class ModelContract:
         return None
 
 
-def sensor_configuration(assessed: np.ndarray) -> np.ndarray:
+def sensor_configuration(
+    assessed: np.ndarray, context_windows: np.ndarray | None = None, length: int | None = None
+) -> np.ndarray:
     """[N, conditions] assessed flags -> per row the configuration key: the streams assessed, joined by "+"
-    in `CONDITION_STREAMS` order ("" when none), e.g. "glucose+heart_rate"."""
+    in `CONDITION_STREAMS` order ("" when none), e.g. "glucose+heart_rate"; with `context_windows` (windows
+    holding data among the last `length`), "/sparse" is appended when fewer than half hold data (hourly
+    charting, a 15-minute CGM, a record that has just begun): the cadence is part of the configuration."""
     a = np.asarray(assessed, dtype=bool).reshape(-1, len(CONDITIONS))
     streams = list(dict.fromkeys(CONDITION_STREAMS.values()))
     has = np.stack(
@@ -81,6 +85,9 @@ def sensor_configuration(assessed: np.ndarray) -> np.ndarray:
     keys = np.full(len(a), "", dtype=object)
     for j, s in enumerate(streams):
         keys[has[:, j]] = np.where(keys[has[:, j]] == "", s, keys[has[:, j]] + "+" + s)
+    if context_windows is not None and length is not None:
+        sparse = (np.asarray(context_windows) * 2 < length) & (keys != "")
+        keys[sparse] = keys[sparse] + "/sparse"
     return keys
 
 

@@ -64,7 +64,9 @@ def test_training_is_reproducible_for_a_seed() -> None:
 
 def test_probabilities_are_calibrated_and_any_can_come_from_the_conditions() -> None:
     cfg = LSTMConfig(hidden=4, layers=1, window_count=2)
-    ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), [0.0] * 22, [1.0] * 22)
+    ckpt = Checkpoint(
+        cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), [0.0] * len(MODEL_FEATURES), [1.0] * len(MODEL_FEATURES)
+    )
     logits = np.zeros((1, len(HEADS)))  # sigmoid 0.5 everywhere
     ckpt.any_source = "conditions"
     expected_any = 1 - 0.5 ** len(CONDITIONS)
@@ -80,7 +82,7 @@ def test_probabilities_are_calibrated_and_any_can_come_from_the_conditions() -> 
 
 def test_forecast_intervals_are_in_physical_units() -> None:
     cfg = LSTMConfig(hidden=4, layers=1, window_count=2)
-    center, scale = [0.0] * 22, [1.0] * 22
+    center, scale = [0.0] * len(MODEL_FEATURES), [1.0] * len(MODEL_FEATURES)
     f_glucose = cfg.forecast_pairs[0][0]
     center[f_glucose], scale[f_glucose] = 100.0, 20.0
     ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), center, scale, forecast_z=[2.0, 2.0, 2.0])
@@ -93,6 +95,15 @@ def test_the_promotion_rule() -> None:
     assert should_promote({"auroc": 0.71, "auprc": 0.2}, {"auroc": 0.70, "auprc": 0.3})[0]
     assert not should_promote({"auroc": 0.70, "auprc": 0.3}, {"auroc": 0.70, "auprc": 0.2})[0]  # a tie keeps it
     assert not should_promote({"auroc": 0.65, "auprc": 0.3}, {"auroc": 0.70, "auprc": 0.2})[0]
+    # real held-out windows decide where both were scored on them, per cohort and sensor configuration
+    real = {"a [glucose]": {"auroc": 0.70, "positives": 50}, "b [heart_rate]": {"auroc": 0.60, "positives": 40}}
+    better = {"a [glucose]": {"auroc": 0.75, "positives": 50}, "b [heart_rate]": {"auroc": 0.59, "positives": 40}}
+    worse_one = {"a [glucose]": {"auroc": 0.80, "positives": 50}, "b [heart_rate]": {"auroc": 0.55, "positives": 40}}
+    assert should_promote({"auroc": 0.5, "real": better}, {"auroc": 0.9, "real": real})[0]
+    verdict, reason = should_promote({"auroc": 0.9, "real": worse_one}, {"auroc": 0.5, "real": real})
+    assert not verdict and "b [heart_rate]" in reason
+    few = {"a [glucose]": {"auroc": 0.1, "positives": 3}}  # too few events to decide: simulation decides
+    assert should_promote({"auroc": 0.8, "real": few}, {"auroc": 0.7, "real": {"a [glucose]": {"auroc": 0.9}}})[0]
 
 
 def test_the_flow_keeps_a_better_shipped_checkpoint_and_writes_the_new_one_as_a_candidate(tmp_path: Path) -> None:
