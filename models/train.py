@@ -151,8 +151,8 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
             center[i], scale[i] = 0.0, 1.0
     splits = {}
     days = {name: s.patient_days / max(len(s.patients), 1) for name, s in sources.items()}
-    for name, ids in groups.items():
-        mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(ids)).to_numpy(zero_copy_only=False))
+    for name, members in groups.items():
+        mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(members)).to_numpy(zero_copy_only=False))
         rows = windows.filter(pa.array(mask))
         ctx = model_inputs(rows)
         x, present = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
@@ -160,7 +160,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         assessed &= (readings >= RiskLevels().min_context_readings)[:, None]
         keys = sensor_configuration(assessed, present, cfg.window_count)
         keep = ~ongoing[mask] & assessed.any(axis=1)  # what the product scores (not insufficient_data)
-        evs = events.filter(pc.is_in(events.column("patient_id"), pa.array(ids)))
+        evs = events.filter(pc.is_in(events.column("patient_id"), pa.array(members)))
         if sim.episodes is not None:  # real events have no injected episode: 0
             evs = evs.append_column("precursor_minutes", pa.array(ev.precursor_leads(evs, sim.episodes)))
         kept = rows.filter(pa.array(keep))
@@ -171,7 +171,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
             kept,
             ctx,
             evs,
-            sum(days[source_of[p]] for p in ids),
+            sum(days[source_of[p]] for p in members),
             assessed[keep],
             np.asarray([source_of[p] for p in who], dtype=object),
             keys[keep],
