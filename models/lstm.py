@@ -53,6 +53,10 @@ class LSTMConfig:
     # windows of the context (0 where there is none), so "high for this patient" is visible, not only "high".
     # Only the statistics a present stream always has (min, max and slope need two readings).
     baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean", "last")))
+    # Inputs added inside the network: each vital's trend across windows, the least-squares slope of its window
+    # means (per window step) over the windows of the context so far that hold it. A CGM every 5 minutes puts
+    # one reading in each window, where the within-window slope is missing: the trend is across windows.
+    trend_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
     # Forecast targets: each vital's window mean, masked by its presence flag.
     forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
 
@@ -68,8 +72,13 @@ class RiskLSTM(nn.Module):
         self.base_present: torch.Tensor
         self.register_buffer("base_value", base[:, 0].clone(), persistent=False)
         self.register_buffer("base_present", base[:, 1].clone(), persistent=False)
+        trend = torch.tensor(cfg.trend_pairs, dtype=torch.long).reshape(-1, 2)
+        self.trend_value: torch.Tensor
+        self.trend_present: torch.Tensor
+        self.register_buffer("trend_value", trend[:, 0].clone(), persistent=False)
+        self.register_buffer("trend_present", trend[:, 1].clone(), persistent=False)
         self.lstm = nn.LSTM(
-            cfg.n_features + len(cfg.baseline_pairs),
+            cfg.n_features + len(cfg.baseline_pairs) + len(cfg.trend_pairs),
             cfg.hidden,
             num_layers=cfg.layers,
             batch_first=True,
@@ -86,11 +95,29 @@ class RiskLSTM(nn.Module):
             seen = torch.cumsum(value * present, dim=1) - value * present  # sums over earlier windows only
             count = torch.cumsum(present, dim=1) - present
             delta = (value - seen / count.clamp(min=1.0)) * present * (count > 0).to(x.dtype)
-            x = torch.cat([x, delta], dim=2)
+            x_in = torch.cat([x, delta], dim=2)
+        else:
+            x_in = x
+        if len(self.cfg.trend_pairs):
+            x_in = torch.cat([x_in, self.trends(x)], dim=2)
+        x = x_in
         # explicit zero state with the batch's size: the ONNX graph then takes any batch size
         h0 = x.new_zeros((self.cfg.layers, x.shape[0], self.cfg.hidden))
         out, _ = self.lstm(x, (h0, h0))
         return out
+
+    def trends(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, L, K]: per step, the slope of each trend vital over the present windows up to that step
+        (0 with fewer than two), from cumulative sums (causal, and exportable to ONNX)."""
+        v = x.index_select(2, self.trend_value)
+        w = x.index_select(2, self.trend_present)
+        s = torch.arange(x.shape[1], dtype=x.dtype, device=x.device).reshape(1, -1, 1)
+        n = torch.cumsum(w, dim=1)
+        s_vs, s_s = torch.cumsum(w * v * s, dim=1), torch.cumsum(w * s, dim=1)
+        s_v, s_ss = torch.cumsum(w * v, dim=1), torch.cumsum(w * s * s, dim=1)
+        den = n * s_ss - s_s * s_s
+        ok = (n >= 2).to(x.dtype) * (den > 1e-6).to(x.dtype)
+        return ok * (n * s_vs - s_s * s_v) / torch.where(den > 1e-6, den, torch.ones_like(den))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [batch, L, n_features] -> (risk logits [batch, heads], forecast [batch, 2, 2K]).

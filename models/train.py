@@ -346,13 +346,21 @@ def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> N
         ckpt.isotonic[any_i] = ev.fit_isotonic(combined, y)
         keys = sensor_configuration(assessed) if val.keys is None else val.keys
         real = np.zeros(len(y), bool) if val.source is None else val.source != "sim"
+        who = np.asarray(val.targets.column("patient_id").to_pylist(), dtype=object)
         fitted = {}
         for key in sorted(set(keys.tolist())):
             rows = keys == key
             for name, pick in (("real", rows & real), ("all", rows)):
-                if pick.sum() >= 200 and y[pick].sum() >= 10:
+                # enough to fit a map: 200 windows, 10 positives, 5 patients (one patient's base rate is no
+                # calibration for the next)
+                if pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5:
                     ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[pick], y[pick])
-                    fitted[key] = {"on": name, "windows": int(pick.sum()), "positives": int(y[pick].sum())}
+                    fitted[key] = {
+                        "on": name,
+                        "windows": int(pick.sum()),
+                        "positives": int(y[pick].sum()),
+                        "patients": len(set(who[pick].tolist())),
+                    }
                     break
         ckpt.metrics["calibration_by_config"] = fitted
     # Split-conformal width: the z that covers `forecast_coverage` of validation windows' standardised errors.
