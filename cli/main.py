@@ -73,10 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     s.set_defaults(handler=cmd_simulate)
 
-    rp = sub.add_parser(
-        "replay", help="produce the BIDMC ICU recordings (real heart and respiration rates, PhysioNet) to Kafka"
+    rp = sub.add_parser("replay", help="produce real recordings to Kafka: BIDMC ICU vitals (PhysioNet) or any tidy CSV")
+    rp.add_argument(
+        "--csv",
+        type=Path,
+        help="tidy recording (columns subject, ts_utc, stream, value, unit; .csv or .csv.gz) or a BIDMC numerics "
+        "CSV (default: the BIDMC copy shipped in sim/bidmc_data/)",
     )
-    rp.add_argument("--csv", type=Path, help="BIDMC numerics CSV (default: the copy shipped in sim/bidmc_data/)")
+    rp.add_argument(
+        "--shift-to-now",
+        action="store_true",
+        help="tidy recordings: move every time so that the last reading falls in the past hour (default: keep them)",
+    )
     rp.add_argument("--bootstrap", help="Kafka bootstrap address (default: VITALSTREAM_BOOTSTRAP)")
     rp.set_defaults(handler=cmd_replay)
 
@@ -117,7 +125,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, help="checkpoint path (default: the shipped checkpoint in models/checkpoints/)")
     t.add_argument("--force", action="store_true", help="replace the checkpoint even if the new one does not beat it")
+    _real_arguments(t)
+    t.add_argument("--holdout", default="", help="a real cohort left out of training: the whole cohort is test")
     t.set_defaults(handler=cmd_train)
+
+    lo = sub.add_parser("lodo", help="leave one real dataset out: train without each cohort, evaluate on it")
+    lo.add_argument("--patients", type=int, default=300, help="simulated patients (default 300)")
+    lo.add_argument("--hours", type=float, default=12.0, help="hours per patient (default 12)")
+    lo.add_argument("--epochs", type=int, default=12, help="most epochs (default 12)")
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--out", type=Path, help="checkpoint whose card gets the results (default: the shipped one)")
+    _real_arguments(lo)
+    lo.set_defaults(handler=cmd_lodo)
 
     ex = sub.add_parser(
         "export-onnx", help="export the risk model to ONNX for onnxruntime (edge devices, --engine onnx)"
@@ -194,26 +213,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
-    from sim.replay import BIDMC_CSV, bidmc_messages, read_bidmc
+    from sim.replay import BIDMC_CSV, bidmc_messages, is_tidy, read_bidmc, read_tidy, tidy_messages
 
     settings = _settings(args, bootstrap=args.bootstrap)
     if not settings.bootstrap:
         raise ConfigError(_NO_BROKER_HINT)
     path = args.csv or BIDMC_CSV
+    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000  # an hour-aligned hour ago
     try:
-        frame = read_bidmc(path)
-    except (OSError, ValueError) as exc:
+        if is_tidy(path):
+            frame = read_tidy(path)
+            shift = start_ms + 3_600_000 - int(frame["event_ms"].max()) - 1 if args.shift_to_now else 0
+            shift -= shift % 3_600_000 if args.shift_to_now else 0  # whole hours: windows stay aligned
+            messages, what = tidy_messages(frame, shift), f"{frame['subject'].nunique()} subjects of {path.name}"
+        else:
+            frame = read_bidmc(path)
+            messages, what = bidmc_messages(frame, start_ms), f"{frame['subject_id'].nunique()} BIDMC patients"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     kafka = settings.kafka(settings.bootstrap)
     check_reachable(kafka)
     ensure_topics(kafka)
-    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000  # the recordings start an hour-aligned hour ago
     prod = producer(kafka)
     try:
-        n = produce(prod, kafka, bidmc_messages(frame, start_ms))
+        n = produce(prod, kafka, messages)
     finally:
         prod.close()
-    print(f"produced {n:,} messages ({frame['subject_id'].nunique()} BIDMC patients) to {settings.bootstrap}")
+    print(f"produced {n:,} messages ({what}) to {settings.bootstrap}")
     return 0
 
 
@@ -372,13 +398,83 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--real", action="append", help="real cohort to use (repeatable; default: every one found)")
+    p.add_argument("--no-real", action="store_true", help="simulated patients only")
+    p.add_argument("--real-data", action="append", type=Path, default=[], help="another folder holding cohorts")
+    p.add_argument("--real-patients", type=int, default=200, help="patients drawn per cohort (default 200)")
+    p.add_argument("--real-hours", type=float, default=240.0, help="hours per real patient (default 240)")
+
+
+def _cohorts(args: argparse.Namespace) -> tuple[str, ...]:
+    from models.cohorts import COHORTS, cohort_file
+
+    if args.no_real:
+        return ()
+    if args.real:
+        unknown = [c for c in args.real if cohort_file(c, tuple(args.real_data)) is None]
+        if unknown:
+            raise ConfigError(f"real cohort(s) not found: {', '.join(unknown)} (known: {', '.join(COHORTS)})")
+        return tuple(args.real)
+    return tuple(c for c in COHORTS if cohort_file(c, tuple(args.real_data)) is not None)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.training import training_flow
     from models.lstm import DEFAULT_CHECKPOINT
     from models.train import print_result
 
     out = args.out or DEFAULT_CHECKPOINT
-    print_result(training_flow(args.patients, args.hours, args.epochs, args.seed, out, args.force))
+    real = tuple(c for c in _cohorts(args) if c != args.holdout)
+    roots = tuple(str(r) for r in args.real_data)
+    result = training_flow(
+        args.patients,
+        args.hours,
+        args.epochs,
+        args.seed,
+        out,
+        args.force,
+        real=real,
+        holdout=args.holdout,
+        real_roots=roots,
+        real_patients=args.real_patients,
+        real_hours=args.real_hours,
+    )
+    print_result(result)
+    return 0
+
+
+def cmd_lodo(args: argparse.Namespace) -> int:
+    import json
+
+    from models.card import model_card
+    from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.train import TrainConfig, leave_one_dataset_out
+
+    cohorts = _cohorts(args)
+    if not cohorts:
+        raise ConfigError("no real cohort found (data/real/ or --real-data DIR)")
+    cfg = TrainConfig(
+        patients=args.patients,
+        hours=args.hours,
+        epochs=args.epochs,
+        seed=args.seed,
+        bootstrap=100,
+        real_roots=tuple(str(r) for r in args.real_data),
+        real_patients=args.real_patients,
+        real_hours=args.real_hours,
+    )
+    result = leave_one_dataset_out(cfg, cohorts)
+    result["command"] = "vitalstream lodo " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    out = args.out or DEFAULT_CHECKPOINT
+    path = out.with_name("lodo.json")
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    for name, r in result["cohorts"].items():
+        print(name, json.dumps(r["targets"], default=str))
+    if out.exists():
+        ckpt = load_checkpoint(out)
+        model_card(ckpt, out.with_name("model_card.md"), ckpt.metrics.get("promotion"), result)
+    print(f"wrote {path} ({result['seconds']:.0f} s)")
     return 0
 
 

@@ -18,7 +18,7 @@ from prefect.exceptions import MissingContextError
 from models.card import model_card
 from models.figures import pictures
 from models.lstm import DEFAULT_CHECKPOINT
-from models.train import TrainConfig, shipped_figures, should_promote, train
+from models.train import TrainConfig, figures, shipped_figures, should_promote, train
 
 
 @flow(name="vitalstream-train", validate_parameters=False)
@@ -30,16 +30,34 @@ def training_flow(
     out: Path = DEFAULT_CHECKPOINT,
     force: bool = False,
     bootstrap: int = TrainConfig.bootstrap,
+    real: tuple[str, ...] = (),
+    holdout: str = "",
+    real_roots: tuple[str, ...] = (),
+    real_patients: int = TrainConfig.real_patients,
+    real_hours: float = TrainConfig.real_hours,
 ) -> dict[str, Any]:
-    """Train on simulated patients; write the checkpoint, its model card and pictures beside `out`."""
+    """Train on simulated patients and the `real` cohorts (models.cohorts); write the checkpoint, its model
+    card and pictures beside `out`. With `holdout`, that cohort is left out of training and validation and
+    is the real test set (leave one dataset out)."""
     try:
         logger: Any = get_run_logger()
     except MissingContextError:  # called as training_flow.fn(...), outside a flow run (tests)
         logger = logging.getLogger(__name__)
-    cfg = TrainConfig(patients=patients, hours=hours, epochs=epochs, seed=seed, bootstrap=bootstrap)
+    cfg = TrainConfig(
+        patients=patients,
+        hours=hours,
+        epochs=epochs,
+        seed=seed,
+        bootstrap=bootstrap,
+        real=tuple(real),
+        holdout=holdout,
+        real_roots=tuple(str(r) for r in real_roots),
+        real_patients=real_patients,
+        real_hours=real_hours,
+    )
     ckpt, splits = train(cfg, log=logger.info)
     out = Path(out)
-    new = ckpt.metrics["heads"]["any"]["model"]
+    new = figures(ckpt, splits["test"])
     shipped, shipped_version = shipped_figures(out, ckpt, splits["test"])
     promoted, reason = should_promote(new, shipped)
     if force and not promoted:

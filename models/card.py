@@ -3,10 +3,11 @@ baselines with their intervals, alerting, calibration, forecasts and promotion v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from models.evaluate import BASELINES
+from models.evaluate import BASELINES, REAL_BASELINES
 from models.lstm import Checkpoint
 from pipeline.model_contract import HEADS
 
@@ -21,7 +22,10 @@ def _lead(a: dict[str, Any]) -> str:
     return f"{a['median_lead_minutes']:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
-def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = None) -> None:
+def model_card(
+    ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = None, lodo: dict[str, Any] | None = None
+) -> None:
+    """Write the card; `lodo` (or `lodo.json` beside the card) adds the leave-one-dataset-out results."""
     m, t = ckpt.metrics, ckpt.training
     d, c = t["data"], t["config"]
     pics = path.stem.replace("model_card", "")  # "" or ".candidate": pictures are named alike
@@ -29,25 +33,38 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         f"# Risk LSTM `{ckpt.version}`",
         "",
         f"Trained by `vitalstream train` (flow `vitalstream-train`, `models/train.py`) in {t['seconds']} s with "
-        f"`--patients {c['patients']} --hours {c['hours']} --epochs {c['epochs']} --seed {c['seed']}`.",
+        f"`--patients {c['patients']} --hours {c['hours']} --epochs {c['epochs']} --seed {c['seed']}"
+        + "".join(f" --real {r}" for r in c.get("real", ()))
+        + (f" --holdout {c['holdout']}" if c.get("holdout") else "")
+        + "`.",
         f"Data: {d['source']}: {d['simulated_patients']} patients x {d['hours_per_patient']} h, profiles "
         + ", ".join(f"{k} {v}" for k, v in d["profiles"].items())
         + "; events "
         + ", ".join(f"{k} {v}" for k, v in d["events"].items())
         + f". Split by patient: {d['patients']['train']} train / {d['patients']['val']} validation / "
-        f"{d['patients']['test']} test. Windows during an ongoing event ({d['windows_during_events_excluded']}) "
+        f"{d['patients']['test']} test (simulated and real, each cohort split by patient). Simulated training and "
+        "validation patients get a drawn sensor configuration "
+        + ", ".join(f"{k} {v}" for k, v in d.get("augmentation", {}).get("configurations", {}).items())
+        + f" ({d.get('augmentation', {}).get('pre_aggregated', 0)} with heart and respiration rate pre-aggregated "
+        "to one value per window); labels come from the readings they keep. Windows during an ongoing event "
+        f"({d['windows_during_events_excluded']}) "
         "are left out of training and evaluation: scoring them would reward detection, not prediction.",
         f"Model: {ckpt.config.layers}-layer LSTM x {ckpt.config.hidden} hidden over {ckpt.config.window_count} "
         f"windows of 5 min; horizon {ckpt.config.horizon_minutes} min; overall risk from the "
         f"{'condition heads, 1 - prod(1 - p)' if ckpt.any_source == 'conditions' else 'any-event head'} "
         f"(validation AUROC: head {m['validation_any_auroc'].get('head', float('nan')):.3f}, "
         f"from conditions {m['validation_any_auroc'].get('conditions', float('nan')):.3f}); isotonic calibration.",
+    ]
+    lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path))
+    lines += [
+        "# Simulated patients (sim/simulate.py; the first model issue's targets)",
         "",
-        f"Test set: {m['test_windows']} windows of {m['test_patients']} held-out patients "
-        f"({m['test_patient_days']:.1f} patient-days). Intervals: 95 % percentile bootstrap over patients "
-        f"({c['bootstrap']} resamples).",
+        f"Test set: {m['test_windows']} windows of {m['test_patients']} held-out simulated patients with every "
+        f"stream ({m['test_patient_days']:.1f} patient-days). Each head is judged on the windows that assess it "
+        f"(a fall detector sends only detections, so `p_fall` is assessed only near one). Intervals: 95 % "
+        f"percentile bootstrap over patients ({c['bootstrap']} resamples).",
         "",
-        "## Targets",
+        "## Targets (simulation)",
         "",
         "| target | model | required | met |",
         "|---|---|---|---|",
@@ -164,3 +181,102 @@ def model_card(ckpt: Checkpoint, path: Path, promotion: dict[str, Any] | None = 
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+TARGET_NAMES = {
+    "hypoglycaemia_auroc": "hypoglycaemia AUROC >= best baseline + 0.05",
+    "any_auroc": "any-event AUROC >= best baseline + 0.05",
+    "no_event_high_share": "patients without events: share of `high` windows <= 0.05",
+    "no_event_alerts_per_day": "patients without events: alerts (risk >= high, one per hour) per patient-day <= 1",
+    "ece": "expected calibration error <= 0.05",
+}
+
+
+def _read_lodo(card: Path) -> dict[str, Any] | None:
+    path = card.with_name("lodo.json")
+    return json.loads(path.read_text()) if path.exists() and card.stem == "model_card" else None
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if not r.get("judged", True):
+        return "not judged (too few events)" if "why" not in r else f"not judged ({r['why']})"
+    return "yes" if r["met"] else "**no**"
+
+
+def _targets_table(targets: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| target | model | required | met |", "|---|---|---|---|"]
+    for key, r in targets.items():
+        model = r.get("model", float("nan"))
+        need = r.get("required", float("nan"))
+        best = f" ({REAL_BASELINES.get(r['best_baseline'], r['best_baseline'])})" if "best_baseline" in r else ""
+        lines.append(f"| {TARGET_NAMES[key]} | {model:.3f} | {need:.3f}{best} | {_verdict(r)} |")
+    return lines
+
+
+def _cohort_tables(name: str, r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['windows']} windows, {r['patients']} patients, {r['patient_days']:.1f} patient-days.",
+        "",
+        *_targets_table(r["targets"]),
+        "",
+        "| head | windows | positives (patients) | model AUROC | best baseline | gain (paired 95 % CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for head, h in r["heads"].items():
+        b = h["best_baseline"]
+        lo, hi = h["auroc_gain_ci"]
+        lines.append(
+            f"| {head} | {h['windows']} | {h['positives']} ({h['event_patients']}) | {_ci(h['model'], 'auroc')} | "
+            f"{REAL_BASELINES.get(b, b)} {_ci(h[b], 'auroc')} | {h['model']['auroc'] - h[b]['auroc']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] |"
+        )
+    lines += ["", "| sensor configuration | windows | positives | overall AUROC | ECE |", "|---|---|---|---|---|"]
+    for key, g in r["by_configuration"].items():
+        lines.append(f"| {key or '-'} | {g['windows']} | {g['positives']} | {g['auroc']:.3f} | {g['ece']:.3f} |")
+    q = r["no_event_patients"]
+    lines += [
+        "",
+        f"Patients without any event ({q['patients']}, {q['windows']} windows): {100 * q['high_share']:.1f} % of "
+        f"windows `high`, {q['alerts_per_patient_day']:.2f} alerts per patient-day; all patients: "
+        f"{r['alerts_per_patient_day']:.2f} alerts per patient-day. Calibration bins (predicted / observed / "
+        "windows): " + "; ".join(f"{mp:.2f} / {rate:.2f} / {n}" for mp, rate, n in r["calibration"]["bins"]) + ".",
+        "",
+    ]
+    return lines
+
+
+def real_section(m: dict[str, Any], d: dict[str, Any], lodo: dict[str, Any] | None) -> list[str]:
+    """Real recordings first: leave-one-dataset-out, then patient-level splits inside the training cohorts."""
+    lines = [
+        "",
+        "# Real recordings",
+        "",
+        "Labels on real recordings come from the simulator's threshold definitions (`sim.simulate.detect_events`) "
+        "applied to the readings each patient has; windows from the pipeline's own `window_features` "
+        "(`models/cohorts.py`). Baselines see only readings before the window end: "
+        + ", ".join(REAL_BASELINES.values())
+        + ". A head is judged only on the windows that assess it, and a target only where the cohort has at "
+        "least 20 positive windows from 5 patients.",
+        "",
+    ]
+    if lodo:
+        lines += [
+            "## Leave one dataset out (the cohort was in neither training nor validation)",
+            "",
+            f"`{lodo['command']}`: {lodo['seconds']:.0f} s in all. "
+            + (f"Not evaluated: {', '.join(lodo['missing'])}." if lodo.get("missing") else ""),
+            "",
+        ]
+        for name, r in lodo["cohorts"].items():
+            lines += [f"### {name} held out", "", *_cohort_tables(name, r)]
+    else:
+        lines += ["No leave-one-dataset-out results beside this card (`vitalstream lodo` writes them).", ""]
+    real = m.get("real", {})
+    if real:
+        lines += ["## Held-out patients of the training cohorts (patient-level split)", ""]
+        for name, r in real.items():
+            role = d.get("real", {}).get(name, {}).get("role", "")
+            lines += [f"### {name} ({role})", "", *_cohort_tables(name, r)]
+    else:
+        lines += ["This checkpoint was trained on simulated patients only.", ""]
+    return lines

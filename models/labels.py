@@ -39,8 +39,16 @@ def window_labels(windows: pa.Table, events: pa.Table, horizon_minutes: int = 60
         lo = np.searchsorted(key, w_code * span + end, side="right")  # onset > window_end
         hi = np.searchsorted(key, w_code * span + end + h, side="right")  # onset <= window_end + H
         labels[:, HEADS.index(head)] = hi > lo
-    # ongoing: some event with onset <= window_end < end
+    # ongoing: some event of the patient with onset < window_end <= its end. Events sorted by (patient, onset);
+    # a running maximum of their ends per patient (offset by patient so that it restarts with each) gives,
+    # for each window, the latest end among the events that began before it.
     order = np.lexsort((onset, e_code))
-    for i in order:  # events are few; windows are handled as arrays
-        ongoing |= (w_code == e_code[i]) & (end > onset[i]) & (end <= ev_end[i])
+    key = e_code[order] * span + onset[order]
+    running = np.maximum.accumulate(e_code[order] * span + ev_end[order])
+    idx = np.searchsorted(key, w_code * span + end, side="left") - 1  # last event with onset < window_end
+    found = idx >= 0
+    same = np.zeros(n, dtype=bool)
+    same[found] = e_code[order][idx[found]] == w_code[found]
+    latest_end = np.where(same, running[np.maximum(idx, 0)] - w_code * span, np.iinfo(np.int64).min)
+    ongoing = same & (end <= latest_end)
     return labels, ongoing

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.features import STATS, VITALS
-from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract
+from pipeline.features import VITALS
+from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract, sensor_configuration
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "risk_lstm.pt"
 
@@ -51,7 +51,12 @@ class LSTMConfig:
     heads: tuple[str, ...] = HEADS
     # Inputs added inside the network: each vital statistic minus the patient's own mean over the earlier
     # windows of the context (0 where there is none), so "high for this patient" is visible, not only "high".
-    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(STATS))
+    # Only the statistics a present stream always has (min, max and slope need two readings).
+    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean", "last")))
+    # Inputs added inside the network: each vital's trend across windows, the least-squares slope of its window
+    # means (per window step) over the windows of the context so far that hold it. A CGM every 5 minutes puts
+    # one reading in each window, where the within-window slope is missing: the trend is across windows.
+    trend_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
     # Forecast targets: each vital's window mean, masked by its presence flag.
     forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
 
@@ -67,8 +72,13 @@ class RiskLSTM(nn.Module):
         self.base_present: torch.Tensor
         self.register_buffer("base_value", base[:, 0].clone(), persistent=False)
         self.register_buffer("base_present", base[:, 1].clone(), persistent=False)
+        trend = torch.tensor(cfg.trend_pairs, dtype=torch.long).reshape(-1, 2)
+        self.trend_value: torch.Tensor
+        self.trend_present: torch.Tensor
+        self.register_buffer("trend_value", trend[:, 0].clone(), persistent=False)
+        self.register_buffer("trend_present", trend[:, 1].clone(), persistent=False)
         self.lstm = nn.LSTM(
-            cfg.n_features + len(cfg.baseline_pairs),
+            cfg.n_features + len(cfg.baseline_pairs) + len(cfg.trend_pairs),
             cfg.hidden,
             num_layers=cfg.layers,
             batch_first=True,
@@ -85,11 +95,29 @@ class RiskLSTM(nn.Module):
             seen = torch.cumsum(value * present, dim=1) - value * present  # sums over earlier windows only
             count = torch.cumsum(present, dim=1) - present
             delta = (value - seen / count.clamp(min=1.0)) * present * (count > 0).to(x.dtype)
-            x = torch.cat([x, delta], dim=2)
+            x_in = torch.cat([x, delta], dim=2)
+        else:
+            x_in = x
+        if len(self.cfg.trend_pairs):
+            x_in = torch.cat([x_in, self.trends(x)], dim=2)
+        x = x_in
         # explicit zero state with the batch's size: the ONNX graph then takes any batch size
         h0 = x.new_zeros((self.cfg.layers, x.shape[0], self.cfg.hidden))
         out, _ = self.lstm(x, (h0, h0))
         return out
+
+    def trends(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, L, K]: per step, the slope of each trend vital over the present windows up to that step
+        (0 with fewer than two), from cumulative sums (causal, and exportable to ONNX)."""
+        v = x.index_select(2, self.trend_value)
+        w = x.index_select(2, self.trend_present)
+        s = torch.arange(x.shape[1], dtype=x.dtype, device=x.device).reshape(1, -1, 1)
+        n = torch.cumsum(w, dim=1)
+        s_vs, s_s = torch.cumsum(w * v * s, dim=1), torch.cumsum(w * s, dim=1)
+        s_v, s_ss = torch.cumsum(w * v, dim=1), torch.cumsum(w * s * s, dim=1)
+        den = n * s_ss - s_s * s_s
+        ok = (n >= 2).to(x.dtype) * (den > 1e-6).to(x.dtype)
+        return ok * (n * s_vs - s_s * s_v) / torch.where(den > 1e-6, den, torch.ones_like(den))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [batch, L, n_features] -> (risk logits [batch, heads], forecast [batch, 2, 2K]).
@@ -121,6 +149,9 @@ class Checkpoint:
     isotonic: list[dict[str, list[float]]] = field(default_factory=list)
     # "head": the "any" risk is its own head; "conditions": 1 - prod(1 - p_condition), then calibrated.
     any_source: str = "head"
+    # Per sensor configuration (model_contract.sensor_configuration, e.g. "glucose+heart_rate"), an isotonic
+    # map for the overall risk combined from that configuration's assessed conditions.
+    isotonic_by_config: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # Per forecast vital, the multiple of the predicted standard deviation that covered `forecast_coverage`
     # of validation windows (split conformal); an observation outside is an anomaly.
     forecast_z: list[float] = field(default_factory=list)
@@ -140,19 +171,45 @@ class Checkpoint:
         net.eval()
         return net
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64)."""
+    def probabilities(
+        self, logits: np.ndarray, assessed: np.ndarray | None = None, keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64).
+
+        With `assessed` ([N, conditions] bool, CONDITIONS order) a condition that is not assessed gets NaN,
+        and the overall risk is 1 - prod(1 - p) over the assessed conditions only, calibrated with the map
+        of its sensor configuration (else the overall map when the checkpoint combines conditions); NaN when
+        nothing is assessed. `keys`: each row's configuration (default: from `assessed` alone)."""
         heads = self.config.heads
         t = np.asarray(self.temperature or [1.0] * len(heads), dtype=np.float64)
         p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
         cond = [heads.index(c) for c in CONDITIONS if c in heads]
         for i in cond:
             p[:, i] = self._iso(i, p[:, i])
+        if assessed is not None:
+            return self._assessed_only(p, np.asarray(assessed, dtype=bool), cond, keys)
         if self.any_source == "conditions" and cond:
             p[:, heads.index("any")] = 1.0 - np.prod(1.0 - p[:, cond], axis=1)
         if "any" in heads:
             i = heads.index("any")
             p[:, i] = self._iso(i, p[:, i])
+        return p
+
+    def _assessed_only(
+        self, p: np.ndarray, assessed: np.ndarray, cond: list[int], keys: np.ndarray | None
+    ) -> np.ndarray:
+        pc = np.where(assessed, p[:, cond], np.nan)
+        p[:, cond] = pc
+        any_i = self.config.heads.index("any")
+        p[:, any_i] = 1.0 - np.prod(1.0 - np.where(assessed, pc, 0.0), axis=1)
+        keys = sensor_configuration(assessed) if keys is None else keys
+        fallback = self.isotonic[any_i] if self.any_source == "conditions" and any_i < len(self.isotonic) else {}
+        for key in np.unique(keys).tolist():
+            knots = self.isotonic_by_config.get(key) or fallback
+            rows = keys == key
+            if knots:
+                p[rows, any_i] = np.interp(p[rows, any_i], knots["x"], knots["y"])
+        p[~assessed.any(axis=1), any_i] = np.nan
         return p
 
     def _iso(self, head: int, p: np.ndarray) -> np.ndarray:
@@ -174,6 +231,8 @@ class Checkpoint:
 
     def _doc(self) -> dict[str, Any]:
         doc = {k: v for k, v in asdict(self).items() if k not in ("config", "state_dict", "digest")}
+        if not doc["isotonic_by_config"]:
+            del doc["isotonic_by_config"]  # absent in checkpoints from before sensor configurations
         doc["config"] = asdict(self.config)
         return doc
 
@@ -225,6 +284,7 @@ def load_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Checkpoint:
             training=dict(doc.get("training", {})),
             isotonic=[dict(k) for k in doc.get("isotonic", [])],
             any_source=str(doc.get("any_source", "head")),
+            isotonic_by_config={str(k): dict(v) for k, v in dict(doc.get("isotonic_by_config", {})).items()},
             forecast_z=list(doc.get("forecast_z", [])),
             forecast_coverage=float(doc.get("forecast_coverage", 0.99)),
             digest=str(doc.get("digest", "")),

@@ -3,6 +3,11 @@
 Context comes from `history` (recent windows of each patient, kept in the flow's state) plus the windows
 just closed. Sequences are gathered with a sorted-key lookup, so there is no loop per patient or window.
 A window with no data in the context (a gap) is all zeros, presence flags included.
+
+Sensor configurations: a condition whose stream (`CONDITION_STREAMS`) has no reading in the patient's
+context is not assessed: its probability is null, and the overall risk combines only the assessed
+conditions. When nothing can be assessed, or the context holds too few readings (`RiskLevels`), the risk
+is null and `risk_level` is `insufficient_data`.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ import torch
 
 from models.lstm import Checkpoint
 from pipeline.features import VITALS
-from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, RiskLevels
+from pipeline.model_contract import (
+    CONDITION_STREAMS,
+    CONDITIONS,
+    LOG_FEATURES,
+    MODEL_FEATURES,
+    RiskLevels,
+    sensor_configuration,
+)
 from pipeline.readings import epoch_ms
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
 # The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
 FORECAST_VITALS: dict[str, str] = dict(VITALS)
-__all__ = ["ENGINES", "HISTORY_SCHEMA", "Scorer", "feature_matrix", "prune_history", "sequences"]
+__all__ = ["ENGINES", "HISTORY_SCHEMA", "Scorer", "assessment", "feature_matrix", "prune_history", "sequences"]
+# Per stream, the model input that counts its readings in a window (falls: detections are events, so a
+# window with any fall-stream message counts as one reading).
+_READINGS_OF: dict[str, str] = {**{s: f"{s}_count" for s in VITALS}, "fall": "fall_present"}
 
 
 HISTORY_SCHEMA = pa.schema(
@@ -39,12 +54,13 @@ def model_inputs(windows: pa.Table) -> pa.Table:
 
 
 def feature_matrix(windows: pa.Table, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """[N, F] float32: normalised features; missing values (absent stream, single reading slope) -> 0."""
+    """[N, F] float32: normalised features (counts as log1p); missing values (absent stream, min/max/slope of
+    a single reading) -> 0, which with the count and presence inputs the network can tell from a value."""
     cols = []
     for name in MODEL_FEATURES:
         col = windows.column(name)
         arr = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        cols.append(arr)
+        cols.append(np.log1p(np.maximum(arr, 0.0)) if name in LOG_FEATURES else arr)
     x = (np.stack(cols, axis=1) - center) / scale
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
@@ -74,6 +90,27 @@ def sequences(
         out[found, length - 1 - lag] = context_x[order[pos[found]]]
         found_count += found
     return out, found_count
+
+
+def assessment(context: pa.Table, targets: pa.Table, window_ms: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per target window: which conditions can be assessed ([N, conditions] bool: the condition's stream has
+    a reading in the patient's last L windows) and how many readings the context holds in all ([N])."""
+    streams = list(_READINGS_OF)
+    counts = np.stack(
+        [
+            np.nan_to_num(
+                np.asarray(
+                    pc.cast(context.column(_READINGS_OF[s]), pa.float64()).to_numpy(zero_copy_only=False), np.float64
+                )
+            )
+            for s in streams
+        ],
+        axis=1,
+    ).astype(np.float32)
+    seq, _ = sequences(context, counts, targets, window_ms, length)
+    per_stream = seq.sum(axis=1)  # [N, streams]
+    assessed = np.stack([per_stream[:, streams.index(CONDITION_STREAMS[c])] > 0 for c in CONDITIONS], axis=1)
+    return assessed, per_stream.sum(axis=1)
 
 
 class Scorer:
@@ -134,18 +171,22 @@ class Scorer:
         context = pa.concat_tables([history.cast(HISTORY_SCHEMA), model_inputs(closed)])
         ctx_x = feature_matrix(context, self.center, self.scale)
         x, present = sequences(context, ctx_x, closed, self.window_ms, self.length)
+        assessed, readings = assessment(context, closed, self.window_ms, self.length)
+        assessed &= (readings >= self.levels.min_context_readings)[:, None]  # too little history: nothing
         logits, forecast = self.network(x)
-        p = self.checkpoint.probabilities(logits)
+        keys = sensor_configuration(assessed, present, self.length)
+        p = self.checkpoint.probabilities(logits, assessed, keys)
         heads = self.checkpoint.config.heads
+        risk = p[:, heads.index("any")]
         scores = {
             "patient_id": closed.column("patient_id"),
             "window_start": closed.column("window_start"),
             "window_end": closed.column("window_end"),
-            "risk_score": pa.array(p[:, heads.index("any")]),
-            "risk_level": self.levels.label(p[:, heads.index("any")]),
+            "risk_score": pa.array(risk, pa.float64(), from_pandas=True),  # NaN -> null
+            "risk_level": self.levels.label(risk),
         }
         for cond in CONDITIONS:
-            scores[f"p_{cond}"] = pa.array(p[:, heads.index(cond)])
+            scores[f"p_{cond}"] = pa.array(p[:, heads.index(cond)], pa.float64(), from_pandas=True)
         mean, low, high = self.checkpoint.forecast_intervals(forecast[:, 1])
         for k, prefix in enumerate(FORECAST_VITALS.values()):
             unseen = x[:, :, self.checkpoint.config.forecast_pairs[k][1]].sum(axis=1) == 0  # no sensor: null

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,16 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from models import augment
 from models import evaluate as ev
+from models.cohorts import cohort_file, load_cohort
 from models.evaluate import Split
 from models.labels import window_labels
 from models.lstm import Checkpoint, LSTMConfig, RiskLSTM
-from models.scorer import feature_matrix, model_inputs, sequences
+from models.scorer import assessment, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
-from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES
-from sim.simulate import PROFILES, SimulationConfig, simulate
+from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, RiskLevels, sensor_configuration
+from sim.simulate import PROFILES, SimulationConfig, detect_events, simulate
 
 # --- config -------------------------------------------------------------------------------------------------
 
@@ -56,25 +58,88 @@ class TrainConfig:
     hidden: int = 32
     layers: int = 2
     forecast_weight: float = 0.2  # weight of the forecast NLL beside the risk BCE
-    any_source: str = "auto"  # "head", "conditions" or "auto" (the better on validation AUROC)
+    # "conditions": the overall risk combines the assessed conditions (what a sensor configuration needs);
+    # "head" or "auto" (the better on validation AUROC) for the any-event head
+    any_source: str = "conditions"
     bootstrap: int = 200  # patient resamples for confidence intervals
     alert_budget_per_day: float = 1.0
     forecast_coverage: float = 0.99
+    augment: bool = True  # sensor configurations and pre-aggregation for simulated training/validation patients
+    truncate_share: float = 0.2  # training sequences whose earlier windows are blanked (a record that just began)
+    real: tuple[str, ...] = ()  # real cohorts (models.cohorts) split by patient into train/val/test
+    holdout: str = ""  # a real cohort left out of training and validation: the whole cohort is test
+    real_roots: tuple[str, ...] = ()  # extra folders holding cohorts (besides data/real/)
+    real_patients: int = 200  # per cohort, patients drawn at random
+    real_hours: float = 240.0  # per patient, one stretch of at most this long
 
 
 # --- data ---------------------------------------------------------------------------------------------------
 
+SIM = "sim"  # the source name of simulated patients (real cohorts go by their folder name)
 
-def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarray, dict[str, Any]]:
+
+@dataclass
+class Source:
+    """One source of patients: simulated, or a real cohort (models.cohorts)."""
+
+    windows: pa.Table
+    events: pa.Table
+    patients: np.ndarray
+    patient_days: float
+    augmented: np.ndarray  # patients whose sensor configuration was drawn (not in any test set)
+
+
+def simulated(cfg: TrainConfig, rng: np.random.Generator) -> tuple[Source, Any, dict[str, Any]]:
+    """Simulated patients; with `augment`, those that can land in training or validation get a drawn sensor
+    configuration and, for 40 % of them, heart and respiration rate as one averaged value per window. Labels
+    come from the readings that remain, as for real patients."""
     sim = simulate(SimulationConfig(patients=cfg.patients, hours=cfg.hours, seed=cfg.seed, start_ms=1_795_305_600_000))
-    windows = window_features(sim.readings, cfg.window_ms)
-    labels, ongoing = window_labels(windows, sim.events, cfg.horizon_minutes)
     patients = np.asarray(sim.patients.column("patient_id").to_pylist())
-    rng = np.random.default_rng(cfg.seed)
     rng.shuffle(patients)
     n_test = int(len(patients) * cfg.test_fraction)
-    n_val = int(len(patients) * cfg.val_fraction)
-    groups = {"test": patients[:n_test], "val": patients[n_test : n_test + n_val], "train": patients[n_test + n_val :]}
+    readings, info = sim.readings, {}
+    augmented = patients[n_test:] if cfg.augment else patients[:0]
+    if len(augmented):
+        pick = pc.is_in(readings.column("patient_id"), pa.array(augmented.tolist()))
+        kept, configs = augment.configure(readings.filter(pick), rng)
+        pre = [p for p in augmented.tolist() if rng.random() < 0.4]
+        kept = augment.pre_aggregate(kept, pre, interval_ms=cfg.window_ms, seed=cfg.seed)
+        readings = pa.concat_tables([readings.filter(pc.invert(pick)), kept])
+        names = ["+".join(c) for c in configs.values()]
+        info = {"configurations": {k: names.count(k) for k in sorted(set(names))}, "pre_aggregated": len(pre)}
+    events = detect_events(readings)
+    windows = window_features(readings, cfg.window_ms)
+    source = Source(windows, events, patients, len(patients) * cfg.hours / 24, augmented)
+    return source, sim, info
+
+
+def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarray, dict[str, Any]]:
+    rng = np.random.default_rng(cfg.seed)
+    sim_source, sim, augmentation = simulated(cfg, rng)
+    sources: dict[str, Source] = {SIM: sim_source}
+    roots = tuple(Path(r) for r in cfg.real_roots)
+    for name in dict.fromkeys([*cfg.real, *([cfg.holdout] if cfg.holdout else [])]):
+        cohort = load_cohort(name, roots, cfg.real_patients, cfg.real_hours, cfg.seed, cfg.window_ms)
+        if cohort is None:
+            raise FileNotFoundError(f"real cohort {name!r} not found under data/real/ or {', '.join(cfg.real_roots)}")
+        ids = np.asarray(pc.unique(cohort.windows.column("patient_id")).to_pylist())
+        rng.shuffle(ids)
+        sources[name] = Source(cohort.windows, cohort.events, ids, cohort.patient_days, ids[:0])
+    # split by patient within each source; the held-out cohort is all test (leave one dataset out)
+    groups: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for name, src in sources.items():
+        ids = src.patients
+        if name == cfg.holdout:
+            groups["test"] += ids.tolist()
+            continue
+        n_test, n_val = int(len(ids) * cfg.test_fraction), max(int(len(ids) * cfg.val_fraction), 1)
+        groups["test"] += ids[:n_test].tolist()
+        groups["val"] += ids[n_test : n_test + n_val].tolist()
+        groups["train"] += ids[n_test + n_val :].tolist()
+    windows = pa.concat_tables([s.windows for s in sources.values()])
+    events = pa.concat_tables([s.events for s in sources.values()])
+    source_of = {p: name for name, s in sources.items() for p in s.patients.tolist()}
+    labels, ongoing = window_labels(windows, events, cfg.horizon_minutes)
     train_rows = windows.filter(pc.is_in(windows.column("patient_id"), pa.array(groups["train"])))
     raw = feature_matrix(train_rows, np.zeros(len(MODEL_FEATURES)), np.ones(len(MODEL_FEATURES)))
     center = np.median(raw, axis=0).astype(np.float64)
@@ -85,17 +150,31 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         if name.endswith("_present"):
             center[i], scale[i] = 0.0, 1.0
     splits = {}
-    for name, ids in groups.items():
-        mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(ids)).to_numpy(zero_copy_only=False))
+    days = {name: s.patient_days / max(len(s.patients), 1) for name, s in sources.items()}
+    for name, members in groups.items():
+        mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(members)).to_numpy(zero_copy_only=False))
         rows = windows.filter(pa.array(mask))
         ctx = model_inputs(rows)
-        x, _ = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
-        keep = ~ongoing[mask]
-        events = sim.events.filter(pc.is_in(sim.events.column("patient_id"), pa.array(ids)))
-        if sim.episodes is not None:
-            events = events.append_column("precursor_minutes", pa.array(ev.precursor_leads(events, sim.episodes)))
+        x, present = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
+        assessed, readings = assessment(ctx, rows, cfg.window_ms, cfg.window_count)
+        assessed &= (readings >= RiskLevels().min_context_readings)[:, None]
+        keys = sensor_configuration(assessed, present, cfg.window_count)
+        keep = ~ongoing[mask] & assessed.any(axis=1)  # what the product scores (not insufficient_data)
+        evs = events.filter(pc.is_in(events.column("patient_id"), pa.array(members)))
+        if sim.episodes is not None:  # real events have no injected episode: 0
+            evs = evs.append_column("precursor_minutes", pa.array(ev.precursor_leads(evs, sim.episodes)))
+        kept = rows.filter(pa.array(keep))
+        who = kept.column("patient_id").to_pylist()
         splits[name] = Split(
-            x[keep], labels[mask][keep], rows.filter(pa.array(keep)), ctx, events, len(ids) * cfg.hours / 24
+            x[keep],
+            labels[mask][keep],
+            kept,
+            ctx,
+            evs,
+            sum(days[source_of[p]] for p in members),
+            assessed[keep],
+            np.asarray([source_of[p] for p in who], dtype=object),
+            keys[keep],
         )
     conditions = sim.events.column("condition").to_pylist()
     profiles = sim.patients.column("profile").to_pylist()
@@ -106,6 +185,18 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
         "seed": cfg.seed,
         "profiles": {p: profiles.count(p) for p in PROFILES},
         "events": {c: conditions.count(c) for c in CONDITIONS},
+        "augmentation": augmentation,
+        "real": {
+            name: {
+                "patients": len(s.patients),
+                "patient_days": round(s.patient_days, 1),
+                "windows": len(s.windows),
+                "events": {c: s.events.column("condition").to_pylist().count(c) for c in CONDITIONS},
+                "role": "held out (test only)" if name == cfg.holdout else "train/val/test by patient",
+            }
+            for name, s in sources.items()
+            if name != SIM
+        },
         "patients": {k: len(v) for k, v in groups.items()},
         "windows": {k: len(v.y) for k, v in splits.items()},
         "windows_during_events_excluded": int(ongoing.sum()),
@@ -146,15 +237,29 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     model = RiskLSTM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tr, va = splits["train"], splits["val"]
-    pos = tr.y.mean(axis=0).clip(1e-3, 0.5)
+    m_tr, m_va = ev.head_mask(tr).astype(np.float32), ev.head_mask(va).astype(np.float32)
+    pos = ((tr.y * m_tr).sum(axis=0) / np.maximum(m_tr.sum(axis=0), 1)).clip(1e-3, 0.5)
     # sqrt of the class ratio: rare heads get gradient without flooding the loss; calibration undoes it
-    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32))
-    x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
-    x_va, y_va = torch.from_numpy(va.x), torch.from_numpy(va.y)
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32), reduction="none")
+    x_tr, y_tr, w_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y), torch.from_numpy(m_tr)
+    x_va, y_va, w_va = torch.from_numpy(va.x), torch.from_numpy(va.y), torch.from_numpy(m_va)
+    gen = torch.Generator().manual_seed(cfg.seed)
 
-    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_of(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Risk BCE over the heads each window assesses (a condition without its sensor teaches nothing),
+        plus the forecast NLL."""
         out = model.hidden_states(x)
-        return bce(model.head(out[:, -1]), y) + cfg.forecast_weight * _forecast_loss(model, out, x)
+        risk = (bce(model.head(out[:, -1]), y) * w).sum() / w.sum().clamp(min=1.0)
+        return risk + cfg.forecast_weight * _forecast_loss(model, out, x)
+
+    def truncated(x: torch.Tensor) -> torch.Tensor:
+        """A share of sequences with their earlier windows blanked (zeros: "no data"), as when a record has
+        just begun: short history must not read as safe."""
+        n, length = x.shape[0], x.shape[1]
+        cut = torch.randint(1, length, (n,), generator=gen)
+        chosen = torch.rand(n, generator=gen) < cfg.truncate_share
+        blank = (torch.arange(length)[None, :] < cut[:, None]) & chosen[:, None]
+        return x.masked_fill(blank[:, :, None], 0.0)
 
     # the loop: AdamW steps with gradient clipping, the validation loss after each epoch; the best state is
     # kept and training stops after `patience` epochs without improvement
@@ -165,7 +270,7 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
         total = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            loss = loss_of(x_tr[idx], y_tr[idx])
+            loss = loss_of(truncated(x_tr[idx]), y_tr[idx], w_tr[idx])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -173,7 +278,7 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
             total += loss.item() * len(idx)
         model.eval()
         with torch.no_grad():
-            val = float(loss_of(x_va, y_va))
+            val = float(loss_of(x_va, y_va, w_va))
         history.append({"epoch": epoch + 1, "train_loss": total / len(perm), "val_loss": val})
         log(f"epoch {epoch + 1:2d}  train {total / len(perm):.4f}  val {val:.4f}")
         if val < best - 1e-4:
@@ -194,7 +299,9 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
         forecast_coverage=cfg.forecast_coverage,
     )
     calibrate(ckpt, va, cfg.any_source)
+    by_config = ckpt.metrics.get("calibration_by_config", {})
     ckpt.metrics = ev.evaluate(ckpt, splits, cfg)
+    ckpt.metrics["calibration_by_config"] = by_config
     ckpt.digest = ckpt.compute_digest()
     ckpt.version = f"lstm-{datetime.now(UTC):%Y%m%d}-{ckpt.digest[:8]}"
     ckpt.training = {
@@ -209,24 +316,53 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
 # --- calibration --------------------------------------------------------------------------------------------
 
 
-def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "auto") -> None:
-    """Fit on validation patients: isotonic maps per condition; the "any" risk from its own head or from
-    the calibrated condition heads (1 - prod(1 - p)), whichever ranks validation windows better (or as
-    asked), then its isotonic map; the forecast interval width for the wanted coverage."""
+def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> None:
+    """Fit on validation patients: isotonic maps per condition (on the windows that assess it); the overall
+    risk from the assessed conditions (1 - prod(1 - p)) with an isotonic map per sensor configuration,
+    fitted on real validation windows of that configuration where there are enough (else on all of them),
+    and an overall map for configurations without one ("head"/"auto": the any-event head instead, as
+    before); the forecast interval width for the wanted coverage."""
     logits, forecast = ev.network_outputs(ckpt, val.x)
     raw = 1 / (1 + np.exp(-logits.astype(np.float64)))
     any_i = HEADS.index("any")
+    assessed = np.ones((len(val.y), len(CONDITIONS)), bool) if val.assessed is None else val.assessed
     ckpt.isotonic = [{} for _ in HEADS]
-    for c in CONDITIONS:
+    ckpt.isotonic_by_config = {}
+    for j, c in enumerate(CONDITIONS):
         i = HEADS.index(c)
-        ckpt.isotonic[i] = ev.fit_isotonic(raw[:, i], val.y[:, i])
+        rows = assessed[:, j]
+        ckpt.isotonic[i] = ev.fit_isotonic(raw[rows, i], val.y[rows, i]) if rows.any() else {}
     candidates = {}
     for source in ("head", "conditions"):
         ckpt.any_source = source
         candidates[source] = ev.auroc(val.y[:, any_i], ckpt.probabilities(logits)[:, any_i])
     ckpt.any_source = max(candidates, key=lambda s: candidates[s]) if any_source == "auto" else any_source
-    ckpt.isotonic[any_i] = ev.fit_isotonic(ckpt.probabilities(logits)[:, any_i], val.y[:, any_i])
     ckpt.metrics["validation_any_auroc"] = candidates
+    if ckpt.any_source != "conditions":
+        ckpt.isotonic[any_i] = ev.fit_isotonic(ckpt.probabilities(logits)[:, any_i], val.y[:, any_i])
+    else:
+        combined = ckpt.probabilities(logits, assessed)[:, any_i]  # no overall maps yet: uncalibrated
+        y = val.y[:, any_i]
+        ckpt.isotonic[any_i] = ev.fit_isotonic(combined, y)
+        keys = sensor_configuration(assessed) if val.keys is None else val.keys
+        real = np.zeros(len(y), bool) if val.source is None else val.source != "sim"
+        who = np.asarray(val.targets.column("patient_id").to_pylist(), dtype=object)
+        fitted = {}
+        for key in sorted(set(keys.tolist())):
+            rows = keys == key
+            for name, pick in (("real", rows & real), ("all", rows)):
+                # enough to fit a map: 200 windows, 10 positives, 5 patients (one patient's base rate is no
+                # calibration for the next)
+                if pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5:
+                    ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[pick], y[pick])
+                    fitted[key] = {
+                        "on": name,
+                        "windows": int(pick.sum()),
+                        "positives": int(y[pick].sum()),
+                        "patients": len(set(who[pick].tolist())),
+                    }
+                    break
+        ckpt.metrics["calibration_by_config"] = fitted
     # Split-conformal width: the z that covers `forecast_coverage` of validation windows' standardised errors.
     k = len(ckpt.config.forecast_pairs)
     z = []
@@ -241,19 +377,54 @@ def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "auto") -> None:
 # --- promotion ----------------------------------------------------------------------------------------------
 
 
-def should_promote(new: dict[str, float], shipped: dict[str, float] | None) -> tuple[bool, str]:
-    """A new checkpoint replaces the shipped one only if it ranks the same test windows better: a higher
-    AUROC for the overall risk (ties keep the shipped one, which is known to work downstream)."""
+PROMOTION_TOLERANCE = 0.02  # AUROC a candidate may lose on one real cohort's configuration
+
+
+def should_promote(new: dict[str, Any], shipped: dict[str, Any] | None) -> tuple[bool, str]:
+    """A new checkpoint replaces the shipped one only if it ranks the same test windows better. Where both
+    were scored on real held-out windows (`real`: per cohort and sensor configuration with enough events),
+    that decides: a higher mean AUROC over those groups and none lower by more than PROMOTION_TOLERANCE.
+    Otherwise the overall AUROC on the simulated test windows decides (ties keep the shipped one, which is
+    known to work downstream)."""
     if shipped is None:
         return True, "no usable shipped checkpoint to compare with"
+    new_real, old_real = new.get("real", {}), shipped.get("real", {})
+    groups = [g for g in new_real if g in old_real and new_real[g]["positives"] >= ev.MIN_POSITIVES]
+    if groups:
+        gains = {g: new_real[g]["auroc"] - old_real[g]["auroc"] for g in groups}
+        mean, worst = float(np.mean(list(gains.values()))), min(gains, key=lambda g: gains[g])
+        what = (
+            f"real held-out windows, {len(groups)} cohort configuration(s): mean AUROC gain {mean:+.3f}, "
+            f"worst {worst} {gains[worst]:+.3f}"
+        )
+        if mean > 0 and gains[worst] >= -PROMOTION_TOLERANCE:
+            return True, what
+        return False, what + f" (needs > 0 and >= -{PROMOTION_TOLERANCE})"
     if new["auroc"] > shipped["auroc"]:
         return True, f"AUROC {new['auroc']:.3f} > shipped {shipped['auroc']:.3f} on the same test windows"
     return False, f"AUROC {new['auroc']:.3f} <= shipped {shipped['auroc']:.3f} on the same test windows"
 
 
-def shipped_figures(path: Path, ckpt: Checkpoint, test: Split) -> tuple[dict[str, float] | None, str]:
-    """The shipped checkpoint's overall AUROC/AUPRC on the new model's test windows, or None (and why)
-    when it cannot be compared: missing, unreadable, tampered, or predicting another horizon."""
+def figures(ckpt: Checkpoint, test: Split) -> dict[str, Any]:
+    """A checkpoint's overall AUROC/AUPRC on the simulated test windows and, per real cohort and sensor
+    configuration, its overall AUROC (with the assessed conditions only, as the product scores)."""
+    logits, _ = ev.network_outputs(ckpt, ev.split_inputs(ckpt, test))
+    assessed = test.assessed if test.assessed is not None else np.ones((len(test.y), len(CONDITIONS)), bool)
+    p = ckpt.probabilities(logits, assessed, test.keys)[:, ckpt.config.heads.index("any")]
+    y = test.y[:, HEADS.index("any")]
+    source = test.source if test.source is not None else np.full(len(y), SIM, dtype=object)
+    sim = source == SIM
+    out: dict[str, Any] = {"auroc": ev.auroc(y[sim], p[sim]), "auprc": ev.auprc(y[sim], p[sim]), "real": {}}
+    keys = sensor_configuration(assessed) if test.keys is None else test.keys
+    for group in sorted(set(zip(source[~sim].tolist(), keys[~sim].tolist(), strict=True))):
+        rows = (source == group[0]) & (keys == group[1])
+        out["real"][f"{group[0]} [{group[1]}]"] = {"auroc": ev.auroc(y[rows], p[rows]), "positives": int(y[rows].sum())}
+    return out
+
+
+def shipped_figures(path: Path, ckpt: Checkpoint, test: Split) -> tuple[dict[str, Any] | None, str]:
+    """The shipped checkpoint's `figures` on the new model's test windows, or None (and why) when it cannot
+    be compared: missing, unreadable, tampered, or predicting another horizon from other inputs."""
     from models.lstm import load_checkpoint
 
     try:
@@ -264,10 +435,27 @@ def shipped_figures(path: Path, ckpt: Checkpoint, test: Split) -> tuple[dict[str
         return None, f"unusable: {str(exc).removeprefix(f'{path}: ')}"  # the card is read elsewhere: no local path
     if old.config.horizon_minutes != ckpt.config.horizon_minutes or old.feature_names != ckpt.feature_names:
         return None, f"{old.version}: another horizon or feature set, not comparable"
-    logits, _ = ev.network_outputs(old, ev.split_inputs(old, test))
-    p = old.probabilities(logits)[:, old.config.heads.index("any")]
-    y = test.y[:, HEADS.index("any")]
-    return {"auroc": ev.auroc(y, p), "auprc": ev.auprc(y, p)}, old.version
+    return figures(old, test), old.version
+
+
+def leave_one_dataset_out(cfg: TrainConfig, cohorts: tuple[str, ...], log: Any = print) -> dict[str, Any]:
+    """Per cohort, train on the simulated patients and every other cohort, and evaluate on the held-out
+    cohort as a whole (`models.evaluate.evaluate_real`)."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"config": asdict(cfg), "cohorts": {}, "missing": [], "seconds_per_cohort": {}}
+    roots = tuple(Path(r) for r in cfg.real_roots)
+    for name in cohorts:
+        if cohort_file(name, roots) is None:
+            out["missing"].append(f"{name} (not found)")
+            continue
+        t1 = time.perf_counter()
+        others = tuple(c for c in cohorts if c != name and cohort_file(c, roots) is not None)
+        ckpt, _ = train(replace(cfg, real=others, holdout=name), log)
+        out["cohorts"][name] = ckpt.metrics["real"][name]
+        out["seconds_per_cohort"][name] = round(time.perf_counter() - t1, 1)
+        log(f"{name} held out: " + json.dumps(ckpt.metrics["real"][name]["targets"], default=str))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """Per-window, per-stream aggregates: the features analysts read and the model scores.
 
+A stream's min, max and slope need two readings in the window: with one they are null (a device that sends
+one averaged value per interval gives no spread), and `<stream>_count` says how many readings there were.
+
 Two steps, both sorts and NumPy `reduceat` with no Python loop over readings or windows: readings reduce
 to partial sums per (patient, window, stream), partials of later batches merge into them, and a closing
 window's partials turn into its feature row.
@@ -188,13 +191,18 @@ def finish(part: pa.Table, window_ms: int) -> pa.Table:
             (count >= 2) & (denom > 1e-12), (count * col["s_tv"] - col["s_t"] * col["s_v"]) / denom, np.nan
         )
         mean = col["s_v"] / count
+    # One reading has no spread and no trend: min, max and slope are missing (null), not copies of the value,
+    # so that a pre-aggregated stream (one averaged value per interval) does not read as a flat signal.
+    single = count < 2
+    v_min = np.where(single, np.nan, col["v_min"])
+    v_max = np.where(single, np.nan, col["v_max"])
     out: dict[str, object] = {
         "patient_id": enc.dictionary.take(pa.array(windows // span)),
         "window_start": pa.array(win_index * window_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
         "window_end": pa.array((win_index + 1) * window_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
         "reading_count": np.bincount(row, weights=count, minlength=m).astype(np.int32),
     }
-    stats = {"mean": mean, "min": col["v_min"], "max": col["v_max"], "last": col["last_v"], "slope_per_min": slope}
+    stats = {"mean": mean, "min": v_min, "max": v_max, "last": col["last_v"], "slope_per_min": slope}
     for name, prefix in VITALS.items():
         sel = stream == _STREAM_CODE[name]
         for stat, arr in stats.items():

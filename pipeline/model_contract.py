@@ -2,7 +2,10 @@
 
 - `MODEL_FEATURES`: the columns of the `windows` dataset the network reads per window, in order;
 - `CONDITIONS` (and `HEADS`, the overall risk "any" first): what it assesses, one probability each;
-- `RiskLevels`: the calibrated-probability cut-offs that turn the overall risk into `risk_level`;
+- `CONDITION_STREAMS`: the stream each condition needs; a condition whose stream has no reading in the
+  patient's context is not assessed (null probability);
+- `RiskLevels`: the calibrated-probability cut-offs that turn the overall risk into `risk_level`, and the
+  rule for `insufficient_data`;
 - `ModelContract`: the above plus window length and context length, as a checkpoint records them; the
   scorer refuses a checkpoint whose contract differs from the pipeline's (`ModelContract.mismatch`).
 
@@ -20,11 +23,23 @@ from pipeline.features import STATS, VITALS
 
 CONDITIONS: tuple[str, ...] = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
 HEADS: tuple[str, ...] = ("any", *CONDITIONS)
+# The stream a condition is assessed from: without it in the context the condition gets no probability.
+CONDITION_STREAMS: dict[str, str] = {
+    "hypoglycaemia": "glucose",
+    "hyperglycaemia": "glucose",
+    "cardiac": "heart_rate",
+    "respiratory": "respiration",
+    "fall": "fall",
+}
+# Model inputs given as log1p(value) before normalisation: reading counts span 1 (one averaged value per
+# window) to hundreds (1 Hz monitors).
+LOG_FEATURES: tuple[str, ...] = tuple(f"{stream}_count" for stream in VITALS)
 
 # The model's inputs per window, in order (columns of the `windows` dataset).
 MODEL_FEATURES: list[str] = [
     *(f"{prefix}_{s}" for prefix in VITALS.values() for s in STATS),
     *(f"{stream}_present" for stream in VITALS),
+    *LOG_FEATURES,  # with min/max/slope null for one reading, the count tells the model why
     "glucose_censored_count",
     "fall_count",
     "fall_confidence_max",
@@ -55,13 +70,46 @@ class ModelContract:
         return None
 
 
+def sensor_configuration(
+    assessed: np.ndarray, context_windows: np.ndarray | None = None, length: int | None = None
+) -> np.ndarray:
+    """[N, conditions] assessed flags -> per row the configuration key: the streams assessed, joined by "+"
+    in `CONDITION_STREAMS` order ("" when none), e.g. "glucose+heart_rate"; with `context_windows` (windows
+    holding data among the last `length`), "/sparse" is appended when fewer than half hold data (hourly
+    charting, a 15-minute CGM, a record that has just begun): the cadence is part of the configuration."""
+    a = np.asarray(assessed, dtype=bool).reshape(-1, len(CONDITIONS))
+    streams = list(dict.fromkeys(CONDITION_STREAMS.values()))
+    has = np.stack(
+        [a[:, [i for i, c in enumerate(CONDITIONS) if CONDITION_STREAMS[c] == s]].any(axis=1) for s in streams], axis=1
+    )
+    keys = np.full(len(a), "", dtype=object)
+    for j, s in enumerate(streams):
+        keys[has[:, j]] = np.where(keys[has[:, j]] == "", s, keys[has[:, j]] + "+" + s)
+    if context_windows is not None and length is not None:
+        sparse = (np.asarray(context_windows) * 2 < length) & (keys != "")
+        keys[sparse] = keys[sparse] + "/sparse"
+    return keys
+
+
+INSUFFICIENT = "insufficient_data"
+LEVELS: tuple[str, ...] = ("low", "medium", "high", INSUFFICIENT)
+
+
 @dataclass(frozen=True)
 class RiskLevels:
-    """Calibrated probability cut-offs for `risk_level`."""
+    """Calibrated probability cut-offs for `risk_level`; a null risk (NaN) is `insufficient_data`.
+
+    The scorer leaves the risk null when no condition can be assessed (none of their streams has a reading
+    in the context) or when the context holds fewer than `min_context_readings` readings in all (a patient's
+    very first reading, or one isolated reading after an hour of silence: nothing to compare it with)."""
 
     medium: float = 0.2
     high: float = 0.5
+    min_context_readings: int = 2
 
     def label(self, p: np.ndarray) -> pa.Array:
-        level = np.where(p >= self.high, "high", np.where(p >= self.medium, "medium", "low"))
+        p = np.asarray(p, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            level = np.where(p >= self.high, "high", np.where(p >= self.medium, "medium", "low"))
+        level = np.where(np.isnan(p), INSUFFICIENT, level)
         return pa.array(level, pa.string())

@@ -125,7 +125,7 @@ def simulate(config: SimulationConfig) -> Simulation:
 
     hr = np.clip(hr + rng.normal(0, 1.5, hr.shape), 25, 250)
     rr = np.clip(rr + rng.normal(0, 0.7, rr.shape), 3, 60)
-    glucose_obs = glucose * (1 + rng.normal(0, 0.05, glucose.shape))
+    glucose_obs = _cgm_error(rng, glucose, config.cgm_interval_s)
 
     tables = [
         _stream_table(rng, ids, "heart_rate", "hr", start, t_v, hr, dropout=0.25),
@@ -171,6 +171,21 @@ def _ou(rng: np.random.Generator, n: int, steps: int, dt: float, tau_s: float, s
     return out * np.asarray(sigma)
 
 
+def _cgm_error(rng: np.random.Generator, glucose: np.ndarray, dt_s: float) -> np.ndarray:
+    """What a CGM reports for true glucose [patients, steps]: the interstitial lag (first order, 5-10 min per
+    sensor), a calibration error that wanders slowly (Ornstein-Uhlenbeck, 6 % sd, 6 h time constant) and a
+    little white noise (2 %). Real CGM error is smooth and autocorrelated, so a 30-minute trend carries
+    signal; independent noise per reading would bury it."""
+    n, steps = glucose.shape
+    a = np.exp(-dt_s / (rng.uniform(5, 10, n) * 60))
+    lagged = np.empty_like(glucose)
+    lagged[:, 0] = glucose[:, 0]
+    for k in range(1, steps):  # a loop over time steps, vectorised over patients
+        lagged[:, k] = a * lagged[:, k - 1] + (1 - a) * glucose[:, k]
+    drift = _ou(rng, n, steps, dt_s, tau_s=6 * 3600, sigma=0.06)
+    return lagged * (1 + drift) * (1 + rng.normal(0, 0.02, glucose.shape))
+
+
 def _meal_response(rng: np.random.Generator, n: int, t_g: np.ndarray, start: int, swing: np.ndarray) -> np.ndarray:
     hour = ((start / 3_600_000.0) + t_g / 3600.0) % 24
     out = np.zeros((n, len(t_g)))
@@ -205,7 +220,7 @@ def _episodes(rng: np.random.Generator, profile: np.ndarray, hours: float) -> li
     counts = rng.poisson(rates)
     for p, c in zip(*np.nonzero(counts), strict=True):
         for _ in range(counts[p, c]):
-            onset = rng.uniform(0.15, 0.95) * hours * 3600
+            onset = rng.uniform(0.0, 1.0) * hours * 3600  # anywhere, early in the record included
             strength = 0.0 if rng.random() < NO_PRECURSOR_SHARE else rng.uniform(0.3, 1.0)
             out.append(Episode(int(p), int(c), onset, strength))
     return out
@@ -401,7 +416,7 @@ def detect_events(readings: pa.Table) -> pa.Table:
     hypoglycaemia < 54 mg/dL (instant) or < 70 for >= 15 min; hyperglycaemia > 250 for >= 15 min;
     cardiac HR >= 131 or <= 40 for >= 5 min; respiratory RR >= 25 or <= 8 for >= 5 min; a fall with
     confidence >= 0.7 (or none given). A run is broken by a gap longer than 2x the stream's cadence
-    (taken as the median spacing). Onset = the run's first reading; end = its last."""
+    (the patient's median spacing on that stream). Onset = the run's first reading; end = its last."""
     parts = []
     rules = [
         ("hypoglycaemia", "glucose", lambda v: v < 54, 0.0),
@@ -419,14 +434,13 @@ def detect_events(readings: pa.Table) -> pa.Table:
         t = sub.column("event_time").cast(pa.int64()).to_numpy()
         v = sub.column("value").to_numpy(zero_copy_only=False)
         hit = rule(v)
-        spacing = np.diff(t)[np.diff(pid) == 0]
-        cadence = float(np.median(spacing)) if len(spacing) else 1.0
-        new_run = np.r_[True, (pid[1:] != pid[:-1]) | (np.diff(t) > 2 * cadence) | (hit[1:] != hit[:-1])]
+        cadence = _cadence(pid, t)  # per reading: its patient's median spacing on this stream
+        new_run = np.r_[True, (pid[1:] != pid[:-1]) | (np.diff(t) > 2 * cadence[1:]) | (hit[1:] != hit[:-1])]
         run_id = np.cumsum(new_run) - 1
         starts = np.flatnonzero(new_run)
         ends = np.r_[starts[1:], len(t)] - 1
         run_hit = hit[starts]
-        dur = t[ends] - t[starts] + (cadence if min_ms > 0 else 0)
+        dur = t[ends] - t[starts] + (cadence[starts] if min_ms > 0 else 0)
         ok = run_hit & (dur >= min_ms)
         del run_id
         parts.append(
@@ -467,6 +481,23 @@ def detect_events(readings: pa.Table) -> pa.Table:
     events = pa.concat_tables(parts)
     events = _merge_overlaps(events)
     return events.sort_by([("patient_id", "ascending"), ("onset", "ascending")])
+
+
+def _cadence(pid: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per row (sorted by patient, then time): the median spacing of that patient's readings (a CGM every 5
+    or 15 minutes, a monitor every second, charting every hour); 1 ms for a patient with one reading."""
+    n_pat = int(pid.max()) + 1 if len(pid) else 0
+    same = np.diff(pid) == 0
+    d, who = np.diff(t)[same], pid[1:][same]
+    order = np.lexsort((d, who))
+    counts = np.bincount(who, minlength=n_pat)
+    first = np.r_[0, np.cumsum(counts)[:-1]]
+    med = np.ones(n_pat)
+    has = counts > 0
+    lo = d[order][first[has] + (counts[has] - 1) // 2]
+    hi = d[order][first[has] + counts[has] // 2]
+    med[has] = (lo + hi) / 2
+    return med[pid]
 
 
 def _merge_overlaps(events: pa.Table) -> pa.Table:

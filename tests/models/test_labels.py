@@ -112,3 +112,23 @@ def test_windows_during_an_ongoing_event_are_marked_and_other_conditions_still_c
 def test_labels_without_events_are_all_negative() -> None:
     labels, ongoing = window_labels(_windows(["A"], [0]), _events([]))
     assert labels.sum() == 0 and not ongoing.any()
+
+
+def test_ongoing_matches_a_check_of_every_event_for_overlapping_events_of_many_patients() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    pats = [f"P{i}" for i in range(6)]
+    rows = [
+        (str(rng.choice(pats)), str(rng.choice(["cardiac", "respiratory"])), int(o), int(o + d))
+        for o, d in zip(rng.integers(0, 400, 40), rng.integers(0, 60, 40), strict=True)
+    ]
+    ends = list(range(0, 480, 5))
+    windows = _windows([p for p in pats for _ in ends], [e for _ in pats for e in ends])
+    _labels, ongoing = window_labels(windows, _events(rows))
+    end = windows.column("window_end").cast(pa.int64()).to_numpy()
+    who = np.asarray(windows.column("patient_id").to_pylist())
+    expected = np.zeros(len(end), bool)
+    for p, _c, o, e in rows:
+        expected |= (who == p) & (end > T0 + o * MIN) & (end <= T0 + e * MIN)
+    assert expected.any() and ongoing.tolist() == expected.tolist()

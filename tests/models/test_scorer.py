@@ -15,7 +15,7 @@ from conftest import T0, canonical_readings
 from models.lstm import Checkpoint, load_checkpoint
 from models.scorer import HISTORY_SCHEMA, Scorer, feature_matrix, model_inputs, prune_history, sequences
 from pipeline.features import window_features
-from pipeline.model_contract import MODEL_FEATURES, RiskLevels
+from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, RiskLevels, sensor_configuration
 
 W = 300_000  # 5-minute windows, as the tiny checkpoint's contract says
 UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -162,3 +162,64 @@ def test_a_vitals_forecast_is_null_when_its_sensor_never_appeared_in_the_context
     low, mean, high = (scores.column(f"heart_rate_bpm_forecast{s}").to_numpy() for s in ("_low", "", "_high"))
     assert np.all(low <= mean) and np.all(mean <= high)
     assert keys(context) == [("P1", k) for k in (0, 1, 2, 3, 5)]  # the history and the scored windows
+
+
+# --- sensor configurations: what is not measured is not assessed ------------------------------------------
+
+
+def test_a_condition_whose_stream_is_absent_from_the_context_gets_no_probability(tiny: Checkpoint) -> None:
+    readings = pa.concat_tables(
+        [
+            canonical_readings("glucose", minutes(0, 3), [110.0] * 30, "CGM"),  # glucose only
+            canonical_readings("heart_rate", minutes(0, 3), [70.0] * 30, "HR"),  # heart rate only
+        ]
+    )
+    scores = {r["patient_id"]: r for r in Scorer(tiny).score(history([]), window_features(readings, W))[0].to_pylist()}
+    cgm, hr = scores["CGM"], scores["HR"]
+    assert cgm["p_hypoglycaemia"] is not None and cgm["p_hyperglycaemia"] is not None
+    assert cgm["p_cardiac"] is None and cgm["p_respiratory"] is None and cgm["p_fall"] is None
+    assert hr["p_cardiac"] is not None
+    assert hr["p_hypoglycaemia"] is None and hr["p_hyperglycaemia"] is None and hr["p_respiratory"] is None
+    # The overall risk combines only the assessed conditions (the tiny checkpoint has no calibration maps).
+    assert cgm["risk_score"] == pytest.approx(1 - (1 - cgm["p_hypoglycaemia"]) * (1 - cgm["p_hyperglycaemia"]))
+    assert hr["risk_score"] == pytest.approx(hr["p_cardiac"])
+    assert {cgm["risk_level"], hr["risk_level"]} <= {"low", "medium", "high"}
+
+
+def test_a_stream_seen_earlier_in_the_context_is_still_assessed(tiny: Checkpoint) -> None:
+    past = model_inputs(window_features(canonical_readings("respiration", minutes(0, 2), [16.0] * 20), W))
+    closed = window_features(canonical_readings("heart_rate", minutes(2, 1) + minutes(6, 1), [72.0] * 20), W)
+    scores = Scorer(tiny).score(past, closed)[0]
+    # window 2 sees respiration in windows 0-1 (L = 4); window 6 does not (its context is windows 3-6)
+    assert scores.column("p_respiratory").is_null().to_pylist() == [False, True]
+    assert scores.column("p_cardiac").null_count == 0
+
+
+def test_too_little_history_or_nothing_assessable_is_insufficient_data(tiny: Checkpoint) -> None:
+    single = canonical_readings("glucose", [0.0], [95.0], "NEW")  # a patient's very first reading
+    closed = window_features(single, W)
+    row = Scorer(tiny).score(history([]), closed)[0].to_pylist()[0]
+    assert row["risk_level"] == "insufficient_data" and row["risk_score"] is None
+    assert all(row[f"p_{c}"] is None for c in CONDITIONS)
+    # a second reading in the next window gives it history
+    closed = window_features(canonical_readings("glucose", [0.0, 5.0], [95.0, 96.0], "NEW"), W)
+    rows = Scorer(tiny).score(history([]), closed)[0].to_pylist()
+    assert [r["risk_level"] == "insufficient_data" for r in rows] == [True, False]
+    assert rows[1]["p_hypoglycaemia"] is not None and rows[1]["p_cardiac"] is None
+
+
+def test_a_null_risk_is_insufficient_data_and_the_level_rule_is_configurable() -> None:
+    labels = RiskLevels().label(np.array([np.nan, 0.1, 0.6]))
+    assert labels.to_pylist() == ["insufficient_data", "low", "high"]
+    assert RiskLevels().min_context_readings == 2
+
+
+def test_the_overall_risk_is_calibrated_per_sensor_configuration(tiny: Checkpoint) -> None:
+    logits = np.zeros((3, len(tiny.config.heads)))  # every head at p = 0.5
+    assessed = np.array([[True, True, False, False, False], [True, True, True, False, False], [False] * 5], dtype=bool)
+    ckpt = dataclasses.replace(tiny, isotonic_by_config={"glucose": {"x": [0.0, 1.0], "y": [0.0, 0.5]}})
+    p = ckpt.probabilities(logits, assessed)
+    assert p[0, 0] == pytest.approx(0.75 * 0.5)  # 1 - 0.5 * 0.5, through the glucose map
+    assert p[1, 0] == pytest.approx(1 - 0.5**3)  # no map for glucose+heart_rate: combined, uncalibrated
+    assert np.isnan(p[2]).all()  # nothing assessed: no overall risk and no condition probability
+    assert sensor_configuration(assessed).tolist() == ["glucose", "glucose+heart_rate", ""]

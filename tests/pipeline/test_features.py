@@ -123,3 +123,30 @@ def test_incremental_aggregation_equals_aggregating_all_at_once(
                 assert g[k] == pytest.approx(w[k], rel=1e-9, abs=1e-9), k
             else:
                 assert g[k] == w[k], k
+
+
+def test_one_reading_in_a_window_has_no_min_max_or_slope() -> None:
+    # A wearable that sends one averaged heart rate per 5 minutes: the window has a mean and a last value,
+    # but no spread and no trend; the count says why (pre-aggregated, not flat).
+    t = table(
+        [
+            {"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 1 * MIN, "value": 80.0},
+            {"patient_id": "P1", "stream": "glucose", "event_time": T0 + 1 * MIN, "value": 100.0},
+            {"patient_id": "P1", "stream": "glucose", "event_time": T0 + 3 * MIN, "value": 104.0},
+        ]
+    )
+    w = window_features(t, 5 * MIN).to_pylist()[0]
+    assert (w["heart_rate_bpm_mean"], w["heart_rate_bpm_last"], w["heart_rate_count"]) == (80.0, 80.0, 1)
+    assert w["heart_rate_bpm_min"] is None and w["heart_rate_bpm_max"] is None
+    assert w["heart_rate_bpm_slope_per_min"] is None
+    assert (w["glucose_mg_dl_min"], w["glucose_mg_dl_max"], w["glucose_count"]) == (100.0, 104.0, 2)
+    assert w["glucose_mg_dl_slope_per_min"] == pytest.approx(2.0)
+
+
+def test_partials_merged_across_batches_unmask_min_and_max_once_a_second_reading_arrives() -> None:
+    first = table([{"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 1 * MIN, "value": 80.0}])
+    second = table([{"patient_id": "P1", "stream": "heart_rate", "event_time": T0 + 2 * MIN, "value": 90.0}])
+    alone = finish(partials(first, 5 * MIN), 5 * MIN).to_pylist()[0]
+    both = finish(merge_partials(partials(first, 5 * MIN), partials(second, 5 * MIN)), 5 * MIN).to_pylist()[0]
+    assert alone["heart_rate_bpm_min"] is None
+    assert (both["heart_rate_bpm_min"], both["heart_rate_bpm_max"]) == (80.0, 90.0)

@@ -91,3 +91,18 @@ def test_stumbles_before_a_fall_are_not_falls() -> None:
     real = int((conf >= 0.7).sum())
     assert real == sum(c == "fall" for c in sim.events.column("condition").to_pylist())
     assert (conf < 0.7).sum() > 0  # stumbles and false alarms are reported, below the threshold
+
+
+def test_cgm_error_is_smooth_and_lags_blood_glucose() -> None:
+    from sim.simulate import _cgm_error
+
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 144), 120.0)  # 12 h of 5-minute readings at a constant true glucose
+    err = _cgm_error(rng, flat, 300.0) / flat - 1
+    lag1 = np.mean([np.corrcoef(e[:-1], e[1:])[0, 1] for e in err])
+    assert lag1 > 0.5  # autocorrelated drift (independent noise per reading would give about 0)
+    assert 0.03 < err.std() < 0.12
+    step = np.where(np.arange(144) < 72, 100.0, 200.0)[None, :].repeat(50, axis=0)
+    seen = _cgm_error(np.random.default_rng(1), step, 300.0)
+    assert np.median(seen[:, 72] / 200.0) < 0.8  # 5 minutes after the jump the sensor has not caught up
+    assert np.median(seen[:, 80] / 200.0) > 0.9
