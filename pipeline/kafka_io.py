@@ -25,6 +25,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS
 from pipeline.errors import BrokerUnavailable
+from pipeline.record_batches import RecordColumns
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class KafkaSettings:
     dlq_topic: str = ""  # dead-letter topic; "" means <topic_prefix>dlq
     instance: tuple[int, int] | None = None  # (i, n): read partitions p with p % n == i; None: group-assigned
     assignment_timeout_s: float = 30.0  # how long to wait for the group to assign partitions
+    bulk_decode: bool = True  # fetched record batches to columns in bulk (pipeline/kafka_fetch.py)
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}{stream}"
@@ -226,6 +228,10 @@ class StreamConsumer:
             )
         except (KafkaError, OSError) as exc:
             raise _unreachable(settings, exc) from exc
+        if settings.bulk_decode:
+            from pipeline import kafka_fetch
+
+            kafka_fetch.install(self.consumer)  # poll() now returns RecordColumns chunks, not records
         # Next offset to read per partition: the checkpoint's at start, then past every message handed out.
         self._seek_to: dict[TopicPartition, int] = {}
         self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
@@ -307,14 +313,27 @@ class StreamConsumer:
             if not got:
                 break
             for tp, records in got.items():
-                by_topic.setdefault(tp.topic, []).append(self._raw(tp, records))
-                total += len(records)
+                raw = self._raw(tp, records)
+                by_topic.setdefault(tp.topic, []).append(raw)
+                total += len(raw)
                 # After a rebalance (a broker outage can expire the session) resume here, not at the group's
                 # committed offset, which may trail the messages already handed to the pipeline.
-                self._seek_to[tp] = max(self._seek_to.get(tp, 0), records[-1].offset + 1)
+                self._seek_to[tp] = max(self._seek_to.get(tp, 0), int(raw.offsets[-1]) + 1)
         return [_concat(parts) for parts in by_topic.values()]
 
     def _raw(self, tp: TopicPartition, recs: list[Any]) -> RawBatch:
+        if recs and isinstance(recs[0], RecordColumns):  # the bulk decoder's chunks
+            cols = RecordColumns.concat(recs)
+            return RawBatch(
+                stream=self.settings.stream_of(tp.topic),
+                topic=tp.topic,
+                keys=cols.keys,
+                values=cols.values,
+                partitions=np.full(len(cols), tp.partition, dtype=np.int32),
+                offsets=cols.offsets,
+                timestamps_ms=cols.timestamps_ms,
+                headers=cols.headers,
+            )
         n = len(recs)
         headers = [r.headers for r in recs]
         return RawBatch(
@@ -381,7 +400,7 @@ def _concat(parts: list[RawBatch]) -> RawBatch:
     """One topic's RawBatches (one per partition and poll) as one."""
     if len(parts) == 1:
         return parts[0]
-    headers: dict[int, list[tuple[str, bytes]]] = {}
+    headers: dict[int, list[tuple[str, bytes | None]]] = {}
     start = 0
     for part in parts:
         headers.update({start + i: h for i, h in part.headers.items()})

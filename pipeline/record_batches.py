@@ -103,6 +103,13 @@ class DecodedFetch:
     records: RecordColumns
     next_offset: int
     error: KafkaError | None = None  # CorruptRecordError, or UnsupportedCodecError as kafka-python raises
+    # base offset and leader epoch of every v2 batch read, in order (the consumer's position carries the epoch)
+    batch_base_offsets: list[int] = field(default_factory=list)
+    batch_leader_epochs: list[int] = field(default_factory=list)
+
+    @property
+    def last_leader_epoch(self) -> int | None:
+        return self.batch_leader_epochs[-1] if self.batch_leader_epochs else None
 
 
 def decode_fetch(
@@ -126,6 +133,8 @@ def decode_fetch(
     aborted_producers: set[int] = set()
     error: KafkaError | None = None
     last_magic, last_next_offset = -1, -1
+    bases: list[int] = []
+    epochs: list[int] = []
     pos, end_of_data = 0, len(data)
 
     def flush() -> CorruptRecordError | None:
@@ -142,63 +151,54 @@ def decode_fetch(
         if end > end_of_data:
             break  # a partial batch: the next fetch starts at it
         base_offset = int(struct.unpack_from(">q", view, pos)[0])
-        if end - pos < _MIN_BATCH:
-            error = _corrupt(where, base_offset, "record size is less than the minimum record overhead")
-            break
-        magic = view[pos + 16]
-        if magic <= 1 or magic >= 128:  # legacy v0/v1 (a negative magic is legacy to kafka-python too)
-            if err := flush():
-                error = err
-                break
-            cols, err, cursor = _legacy(view[pos:end], magic, where, check_crcs, cursor)
-            if len(cols):
-                pieces.append(cols)
-            last_magic = magic
-            if err:
-                error = err
-                break
-            pos = end
-            continue
-        if end - pos < _HEADER.size:
-            error = _corrupt(where, base_offset, "record batch shorter than its header")
-            break
-        (_, _, _, _, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, _, count) = _HEADER.unpack_from(
-            view, pos
-        )
-        if check_crcs and _crc32c(view[pos + _CRC_FROM : end]) != crc:
-            if err := flush():
-                error = err
-                break
-            error = CorruptRecordError(
-                f"Record batch for partition {where} at offset {base_offset} failed crc check"
+        try:
+            if end - pos < _MIN_BATCH:
+                raise _corrupt(where, base_offset, "record size is less than the minimum record overhead")
+            magic = view[pos + 16]
+            if magic <= 1 or magic >= 128:  # legacy v0/v1 (a negative magic is legacy to kafka-python too)
+                if err := flush():
+                    raise err
+                cols, err, cursor = _legacy(view[pos:end], magic, where, check_crcs, cursor)
+                if len(cols):
+                    pieces.append(cols)
+                last_magic = magic
+                if err:
+                    raise err
+                pos = end
+                continue
+            if end - pos < _HEADER.size:
+                raise _corrupt(where, base_offset, "record batch shorter than its header")
+            (_, _, epoch, _, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, _, count) = (
+                _HEADER.unpack_from(view, pos)
             )
+            if check_crcs and _crc32c(view[pos + _CRC_FROM : end]) != crc:
+                raise CorruptRecordError(f"Record batch for partition {where} at offset {base_offset} failed crc check")
+            last_magic = magic
+            bases.append(base_offset)
+            epochs.append(epoch)
+            next_offset = last_next_offset = base_offset + last_delta + 1
+            skip = bool(attributes & _CONTROL)
+            if read_committed and producer_id > -1:
+                while aborted_queue and aborted_queue[0].first_offset <= base_offset + last_delta:
+                    aborted_producers.add(aborted_queue.pop(0).producer_id)
+                if attributes & _CONTROL and _is_abort_marker(view[pos:end], where, base_offset):
+                    aborted_producers.discard(producer_id)
+                elif attributes & _TRANSACTIONAL and producer_id in aborted_producers:
+                    skip = True
+            if skip:  # skipped batches end a run, so that the cursor moves in the same order as kafka-python's
+                if err := flush():
+                    raise err
+                cursor = next_offset
+            else:
+                try:
+                    group.add(view, pos + _HEADER.size, end, attributes, count, base_offset, first_ts, max_ts)
+                except UnsupportedCodecError:
+                    raise  # no library for the codec: as kafka-python says it
+                except Exception as exc:  # a codec's own error on a damaged payload
+                    raise _corrupt(where, base_offset, f"cannot decompress: {exc!r}") from exc
+        except KafkaError as exc:
+            error = flush() or exc  # the records before the bad batch first
             break
-        last_magic = magic
-        next_offset = last_next_offset = base_offset + last_delta + 1
-        skip = bool(attributes & _CONTROL)
-        if read_committed and producer_id > -1:
-            while aborted_queue and aborted_queue[0].first_offset <= base_offset + last_delta:
-                aborted_producers.add(aborted_queue.pop(0).producer_id)
-            if attributes & _CONTROL and _is_abort_marker(view[pos:end]):
-                aborted_producers.discard(producer_id)
-            elif attributes & _TRANSACTIONAL and producer_id in aborted_producers:
-                skip = True
-        if skip:  # skipped batches end a run, so that the cursor moves in the same order as kafka-python's
-            if err := flush():
-                error = err
-                break
-            cursor = next_offset
-        else:
-            codec = attributes & _CODEC_MASK
-            try:
-                group.add(view, pos + _HEADER.size, end, codec, count, base_offset, first_ts, max_ts, attributes)
-            except Exception as exc:
-                error = flush() or (
-                    exc
-                    if isinstance(exc, UnsupportedCodecError)  # no library for the codec: as kafka-python says it
-                    else _corrupt(where, base_offset, f"cannot decompress: {exc!r}")  # a damaged payload
-                )
-                break
         pos = end
     if error is None:
         error = flush()
@@ -210,7 +210,7 @@ def decode_fetch(
     first = int(np.argmax(reached)) if reached.any() else len(records)
     if first:
         records = records.slice(first, len(records))
-    return DecodedFetch(records, cursor, error)
+    return DecodedFetch(records, cursor, error, bases, epochs)
 
 
 class _Group:
@@ -226,14 +226,13 @@ class _Group:
         view: Any,
         start: int,
         end: int,
-        codec: int,
+        attributes: int,
         count: int,
         base: int,
         first_ts: int,
         max_ts: int,
-        attributes: int,
     ) -> None:
-        if codec:
+        if codec := attributes & _CODEC_MASK:
             payload = _decompress(codec, view[start:end])
             self.payloads.append((len(self.rows), payload))
             start, end = 0, len(payload)
@@ -327,16 +326,19 @@ def _legacy(
     """A v0/v1 message set through kafka-python's own parser (per record in Python: legacy logs only)."""
     from kafka.record.legacy_records import LegacyRecordBatch
 
-    batch = LegacyRecordBatch(batch_bytes, magic)
     offsets, stamps, keys, values, sizes = [], [], [], [], []
-    error = None
+    error: CorruptRecordError | None = None
+    try:
+        batch = LegacyRecordBatch(batch_bytes, magic)
+    except (AssertionError, ValueError, IndexError, struct.error) as exc:  # kafka-python's own checks
+        return _empty(), _corrupt(where, cursor, f"invalid legacy message set ({exc!r})"), cursor
     if check_crcs and not batch.validate_crc():
         error = CorruptRecordError(f"Record batch for partition {where} at offset {batch.base_offset} failed crc check")
     else:
         try:
             for record in batch:
                 if check_crcs and not record.validate_crc():
-                    error = CorruptRecordError(f"Record for partition {where} at offset {record.offset} failed crc check")
+                    error = _corrupt(where, record.offset, "record failed crc check")
                     break
                 offsets.append(record.offset)
                 stamps.append(record.timestamp if record.timestamp is not None else -1)
@@ -345,7 +347,9 @@ def _legacy(
                 sizes.append(record.size_in_bytes)
                 cursor = record.offset + 1
         except CorruptRecordError as exc:
-            error = CorruptRecordError(f"{where}: {exc}")
+            error = _corrupt(where, cursor, str(exc))
+        except (AssertionError, ValueError, IndexError, struct.error) as exc:
+            error = _corrupt(where, cursor, f"invalid legacy message ({exc!r})")
     cols = RecordColumns(
         offsets=np.asarray(offsets, dtype=np.int64),
         timestamps_ms=np.asarray(stamps, dtype=np.int64),
@@ -356,11 +360,14 @@ def _legacy(
     return cols, error, cursor
 
 
-def _is_abort_marker(batch_bytes: Any) -> bool:
+def _is_abort_marker(batch_bytes: Any, where: str, base_offset: int) -> bool:
     """A control batch's record says whether its transaction aborted (read_committed only)."""
     from kafka.record.default_records import DefaultRecordBatch
 
-    record = next(iter(DefaultRecordBatch(batch_bytes)), None)
+    try:
+        record = next(iter(DefaultRecordBatch(batch_bytes)), None)
+    except (ValueError, IndexError, struct.error) as exc:
+        raise _corrupt(where, base_offset, f"invalid control record ({exc!r})") from exc
     return bool(record is not None and record.abort)
 
 

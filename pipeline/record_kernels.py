@@ -28,7 +28,7 @@ def _varint(data: np.ndarray, pos: int, end: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while pos < end:
-        b = np.int64(data[pos])
+        b = int(data[pos])
         pos += 1
         if shift == 63 and (b & 0x7F) > 1:
             return 0, -1

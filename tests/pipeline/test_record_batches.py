@@ -32,9 +32,7 @@ record = st.tuples(
     st.integers(min_value=0, max_value=2**41),  # timestamp ms
     st.one_of(st.none(), st.binary(max_size=12)),  # key
     st.one_of(st.none(), st.just(b""), st.binary(min_size=1, max_size=300)),  # value
-    st.lists(
-        st.tuples(st.text(max_size=6), st.one_of(st.none(), st.binary(max_size=8))), max_size=2
-    ),  # headers
+    st.lists(st.tuples(st.text(max_size=6), st.one_of(st.none(), st.binary(max_size=8))), max_size=2),  # headers
 )
 batch = st.fixed_dictionaries(
     {
@@ -59,8 +57,13 @@ def build_batch(spec: dict, offset: int) -> tuple[bytes, int]:
         builder.close()
         return bytes(builder.buffer()), offset + len(spec["records"])
     b = DefaultRecordBatchBuilder(
-        magic=2, compression_type=codec, is_transactional=False, producer_id=-1, producer_epoch=-1,
-        base_sequence=-1, batch_size=1 << 20,
+        magic=2,
+        compression_type=codec,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
     )
     for i, (ts, key, value, headers) in enumerate(spec["records"]):
         b.append(i, ts, key, value, headers)
@@ -84,7 +87,7 @@ def oracle(buf: bytes, fetch_offset: int, take: int | None = None):
             if not got and not part:
                 break
             # a v0 message has no timestamp: None to kafka-python, -1 (Kafka's NO_TIMESTAMP) in a column
-            out.extend((r.offset, -1 if r.timestamp is None else r.timestamp, r.key, r.value, list(r.headers)) for r in got)
+            out.extend((r.offset, _ts(r.timestamp), r.key, r.value, list(r.headers)) for r in got)
             if not got:
                 break
     except (KafkaError, AssertionError, struct.error) as exc:
@@ -92,13 +95,16 @@ def oracle(buf: bytes, fetch_offset: int, take: int | None = None):
     return out, part.next_fetch_offset, error
 
 
+def _ts(timestamp: int | None) -> int:
+    return -1 if timestamp is None else timestamp
+
+
 def bulk(buf: bytes, fetch_offset: int):
     d = decode_fetch(buf, TP.topic, TP.partition, fetch_offset)
     r = d.records
     keys, values = r.keys.to_pylist(), r.values.to_pylist()
     out = [
-        (int(r.offsets[i]), int(r.timestamps_ms[i]), keys[i], values[i], r.headers.get(i, []))
-        for i in range(len(r))
+        (int(r.offsets[i]), int(r.timestamps_ms[i]), keys[i], values[i], r.headers.get(i, [])) for i in range(len(r))
     ]
     return out, d.next_offset, d.error
 
