@@ -13,9 +13,9 @@ that positions advance exactly as they did:
   fetch may start inside a batch) are dropped;
 - control batches and, under read_committed, aborted transactions are skipped; legacy v0/v1 message sets
   are read by kafka-python's own parser (a broker older than 0.11 or an old-format log; rare and small);
-- a batch that fails its CRC, or whose records do not parse, is a `CorruptRecordError` naming topic,
-  partition and offset. The records before it are handed out first, the error comes after them: never
-  skipped, never a silent gap;
+- a batch that fails its CRC, whose records do not parse, or whose format (magic) is unknown, is a
+  `CorruptRecordError` naming topic, partition and offset (kafka-python would read a magic above 2 as v2).
+  The records before it are handed out first, the error comes after them: never skipped, never a gap;
 - the next fetch offset is the last record's offset + 1, or past the last batch once the fetch is used up
   (v2 keeps a batch's last offset even when compaction removed its last records).
 """
@@ -166,6 +166,8 @@ def decode_fetch(
                     raise err
                 pos = end
                 continue
+            if magic != 2:  # kafka-python would read it as v2; Kafka itself refuses it (the CRC does not cover it)
+                raise _corrupt(where, base_offset, f"unknown record batch format (magic {magic})")
             if end - pos < _HEADER.size:
                 raise _corrupt(where, base_offset, "record batch shorter than its header")
             (_, _, epoch, _, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, _, count) = (
@@ -202,7 +204,7 @@ def decode_fetch(
         pos = end
     if error is None:
         error = flush()
-        if error is None and 2 <= last_magic < 128:
+        if error is None and last_magic == 2:
             # the generator's `else:` after the last batch: past the batch, even if compaction emptied its end
             cursor = last_next_offset
     records = RecordColumns.concat(pieces)

@@ -90,7 +90,7 @@ def oracle(buf: bytes, fetch_offset: int, take: int | None = None):
             out.extend((r.offset, _ts(r.timestamp), r.key, r.value, list(r.headers)) for r in got)
             if not got:
                 break
-    except (KafkaError, AssertionError, struct.error) as exc:
+    except (KafkaError, AssertionError, struct.error, TypeError) as exc:  # TypeError: its ControlRecord on garbage
         error = exc
     return out, part.next_fetch_offset, error
 
@@ -112,6 +112,9 @@ def bulk(buf: bytes, fetch_offset: int):
 def compare(buf: bytes, fetch_offset: int) -> None:
     want, want_next, want_error = oracle(buf, fetch_offset)
     got, got_next, got_error = bulk(buf, fetch_offset)
+    if got_error is not None and "unknown record batch format" in str(got_error):
+        assert got == want[: len(got)]  # kafka-python reads a magic above 2 as v2; we stop there, as Kafka does
+        return
     assert got == want
     if want_error is None:
         assert got_error is None
