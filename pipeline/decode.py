@@ -115,6 +115,8 @@ def _scan(arr: pa.Array, contract: StreamContract) -> tuple[np.ndarray, np.ndarr
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if n and arr.buffers()[2] else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]  # a slice of a larger array (the consumer's chunks) sees its own bytes
+    offsets = offsets - offsets[0]
     lengths = np.diff(offsets)
     ok = (lengths > 0) & (lengths <= MAX_MESSAGE_BYTES)
     if arr.null_count:

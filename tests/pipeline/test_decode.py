@@ -93,6 +93,20 @@ def test_messages_the_byte_scan_routes_to_the_exact_path_decode_as_the_exact_dec
         assert d.table.column("heart_rate_bpm")[i].as_py() == row["heart_rate_bpm"]
 
 
+def test_a_batch_whose_values_are_a_slice_of_a_larger_array_decodes_as_a_fresh_one() -> None:
+    """The consumer hands out slices of a fetch's columns: bytes before and after them are not theirs."""
+    values = [hr(i) for i in range(40)]
+    values[5] = '{"patient_id":"\u00e9\\n"}'.encode()  # non-ASCII and a newline escape before the slice
+    values[33] = b'{"patient_id":"P1"}\n{"x":1}'  # a raw newline after it
+    whole = pa.array(values, pa.binary())
+    fresh = decode(raw_batch("heart_rate", values[10:30]), stream_contract("heart_rate"))
+    sliced_batch = raw_batch("heart_rate", values[10:30])
+    sliced_batch.values = whole.slice(10, 20)
+    sliced = decode(sliced_batch, stream_contract("heart_rate"))
+    assert sliced.table.equals(fresh.table)
+    assert sliced.rejected_src.tolist() == fresh.rejected_src.tolist() == []
+
+
 def test_two_objects_in_one_message_are_not_misaligned() -> None:
     values = [hr(i) for i in range(10)]
     values[3] = hr(3) + hr(4)  # one message, two objects: must not shift the rows
