@@ -327,8 +327,10 @@ class StreamConsumer:
             return RawBatch(
                 stream=self.settings.stream_of(tp.topic),
                 topic=tp.topic,
-                keys=cols.keys,
-                values=cols.values,
+                # a chunk may be a slice of a fetch's columns: compacted (one copy), or the pipe to the
+                # pipeline would carry the whole fetch's bytes with every slice
+                keys=pa.concat_arrays([cols.keys]),
+                values=pa.concat_arrays([cols.values]),
                 partitions=np.full(len(cols), tp.partition, dtype=np.int32),
                 offsets=cols.offsets,
                 timestamps_ms=cols.timestamps_ms,

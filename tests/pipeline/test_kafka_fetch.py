@@ -164,3 +164,30 @@ def test_poll_returns_record_columns_on_the_bulk_path(session_broker: EmbeddedBr
         assert consumer.consumer.position(TopicPartition(s.topic("glucose"), 0)) == 1
     finally:
         consumer.close()
+
+
+def test_a_fetch_split_across_micro_batches_hands_each_batch_only_its_own_bytes(session_broker: EmbeddedBroker) -> None:
+    """max_batch_records smaller than a fetch: each RawBatch holds its own messages' bytes, not the fetch's
+    (pickling an Arrow slice carries its whole buffer to the pipeline process)."""
+    s = KafkaSettings(
+        session_broker.bootstrap, topic_prefix=f"kf{uuid.uuid4().hex[:8]}.", partitions=1, instance=(0, 1)
+    )
+    ensure_topics(s)
+    prod = producer(s)
+    for i in range(2000):
+        prod.send(s.topic("respiration"), key=b"P1", value=b'{"n":%06d,"pad":"%s"}' % (i, b"x" * 80))
+    prod.flush()
+    prod.close()
+    consumer = StreamConsumer(s, group=f"g{uuid.uuid4().hex[:6]}", max_batch_records=300)
+    got = []
+    try:
+        consumer.wait_for_assignment(timeout_s=10)
+        deadline = time.monotonic() + 15
+        while sum(len(b) for b in got) < 2000 and time.monotonic() < deadline:
+            got += consumer.poll_batch(timeout_ms=300)
+    finally:
+        consumer.close()
+    assert [int(o) for b in got for o in b.offsets] == list(range(2000))
+    for b in got:
+        assert len(b) <= 300
+        assert b.values.offset == 0 and b.values.buffers()[2].size == sum(len(v) for v in b.values.to_pylist())
