@@ -124,12 +124,14 @@ def _scan(arr: pa.Array, contract: StreamContract) -> tuple[np.ndarray, np.ndarr
     starts = offsets[:-1]
     ok[ok] &= data[starts[ok]] == ord("{")
     ok[ok] &= data[offsets[1:][ok] - 1] == ord("}")  # a truncated message does not end its object
-    breaks = np.flatnonzero((data == 10) | (data == 13))
-    ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
-    # Arrow's reader does not check UTF-8 inside strings: messages with non-ASCII bytes are checked here in
-    # one cast (which validates UTF-8); only if that fails are they checked one by one, and the invalid ones
+    # One pass finds the rare bytes: control characters (a raw line break would split a message) and
+    # non-ASCII ones. Arrow's reader does not check UTF-8 inside strings: messages with non-ASCII bytes are
+    # checked here in one cast (which validates UTF-8); only if that fails one by one, and the invalid ones
     # go to the exact path, which names the fault.
-    non_ascii = np.unique(np.searchsorted(offsets, np.flatnonzero(data >= 0x80), side="right") - 1)
+    rare = np.flatnonzero((data - np.uint8(32)) >= 96)  # below 32 or above 127, in one comparison
+    breaks = rare[(data[rare] == 10) | (data[rare] == 13)]
+    ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
+    non_ascii = np.unique(np.searchsorted(offsets, rare[data[rare] >= 0x80], side="right") - 1)
     suspects = non_ascii[ok[non_ascii]]
     if len(suspects):
         try:
@@ -140,13 +142,14 @@ def _scan(arr: pa.Array, contract: StreamContract) -> tuple[np.ndarray, np.ndarr
                     data[offsets[i] : offsets[i + 1]].tobytes().decode("utf-8")
                 except UnicodeDecodeError:
                     ok[i] = False
-    quotes = np.flatnonzero(data[:-1] == ord('"')) if len(data) else np.zeros(0, np.int64)
-    key_ends = quotes[data[quotes + 1] == ord(":")]  # `":` ends every key (and the odd string value)
-    key_ends = key_ends[key_ends + 2 < len(data)]
+    colons = np.flatnonzero(data == ord(":"))
+    key_ends = colons[(colons >= 4) & (colons + 1 < len(data))]
+    key_ends = key_ends[data[key_ends - 1] == ord('"')]  # `":` ends every key (and the odd string value)
+    tails = sum(data[key_ends - k].astype(np.uint32) << (8 * (k - 1)) for k in (1, 2, 3))
     is_iso = np.zeros(n, dtype=bool)
     for name, kind in contract.fields.items():
-        at = _key(data, key_ends, name.encode())
-        string_value = data[at + 2] == ord('"')
+        at = _key(data, key_ends, tails, name.encode())
+        string_value = data[at + 1] == ord('"')
         msg = np.searchsorted(offsets, at, side="right") - 1
         ok[msg[np.bincount(msg, minlength=n)[msg] > 1]] = False  # a field twice: the reader refuses it
         if kind == "timestamp":
@@ -156,11 +159,14 @@ def _scan(arr: pa.Array, contract: StreamContract) -> tuple[np.ndarray, np.ndarr
     return ok, is_iso
 
 
-def _key(data: np.ndarray, key_ends: np.ndarray, name: bytes) -> np.ndarray:
-    """Those of `key_ends` (positions of `":`) that end the key `"name"`."""
-    at = key_ends[key_ends >= len(name) + 1]
-    for k, ch in enumerate(reversed(b'"' + name), start=1):
-        at = at[data[at - k] == ch]
+def _key(data: np.ndarray, colons: np.ndarray, tails: np.ndarray, name: bytes) -> np.ndarray:
+    """Those of `colons` (each after a quote) that end the key `"name"`; `tails` holds the three bytes before
+    each colon, so one integer comparison per colon does most of the work."""
+    quoted = b'"' + name + b'"'
+    at = colons[tails == int.from_bytes(quoted[-3:], "big")]
+    at = at[at >= len(quoted)]
+    for k in range(4, len(quoted) + 1):
+        at = at[data[at - k] == quoted[-k]]
     return at
 
 

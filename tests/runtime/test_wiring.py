@@ -60,7 +60,7 @@ def test_a_run_that_finds_nothing_imports_neither_torch_nor_numba(
 
 def test_a_missing_model_is_found_at_preflight(tmp_path: Path) -> None:
     settings = Settings(model_path=tmp_path / "nope.pt", lake=tmp_path / "lake")
-    with pytest.raises(ModelError, match="nope.pt not found"):
+    with pytest.raises(ModelError, match=r"nope\.pt not found"):
         preflight(settings, "127.0.0.1:1")
 
 
