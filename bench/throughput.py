@@ -256,6 +256,18 @@ def main() -> None:
                 f"{'Great Expectations (own flow run)':<38}{ge[0]:>12,.1f} s wall, "
                 f"peak RSS {ge[1].peak_kib / 1024:,.0f} MiB with its Prefect server"
             )
+        state = Path(lake) / "_state"
+        state_bytes = sum(f.stat().st_size for f in state.rglob("*") if f.is_file())  # the newest generation only
+        from pipeline.config import Settings
+        from runtime.checkpoint import FileCheckpoints
+
+        saved = FileCheckpoints(Path(lake), "bench", Settings().window()).load()
+        in_memory = (saved.history.nbytes + saved.window.open.nbytes) if saved is not None else 0
+        print(
+            f"{'state carried to the next run':<38}{in_memory / 2**20:>12,.1f} MiB   "
+            f"({in_memory / args.patients:,.0f} bytes per patient in memory, "
+            f"{state_bytes / args.patients:,.0f} on disk)"
+        )
         print(
             f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "
             f"{sum(s['quarantined'].values()):,}   balanced={s['balanced']}"
