@@ -1,8 +1,8 @@
 """The Kafka consumer in its own process, one micro-batch ahead of the pipeline.
 
-kafka-python parses record batches in pure Python, the largest single cost of a run, and holds the GIL
-while it does, so a thread cannot overlap it with the pipeline's work (docs/performance.md). A child process
-can. The child owns the group membership and the KafkaConsumer; it polls, turns each poll
+Fetching and decoding records (in bulk: pipeline/kafka_fetch.py) holds the GIL for part of the time, so a
+thread would overlap less with the pipeline's work than a child process does (docs/performance.md). The
+child owns the group membership and the KafkaConsumer; it polls, turns each poll
 into per-topic RawBatches of Arrow arrays (cheap to pickle: a few buffers, not a million objects), and
 sends them through a pipe together with the partitions still lagging after that poll. The pipe's send
 blocks while the parent is busy, so at most one batch waits: memory stays bounded and back-pressure
