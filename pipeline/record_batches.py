@@ -257,7 +257,7 @@ class _Group:
             data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
         from pipeline import record_kernels as k
 
-        fields, n, err, err_row = k.parse_records(data, rows)
+        fields, n, err, err_row = k.parse_records(_read_only(data), rows)
         cols, bad_header = _columns(data, fields, n)
         error = _corrupt(where, int(rows[err_row, 3]), _RECORD_ERRORS[err]) if err else None
         if bad_header is not None:  # kafka-python decodes header keys as UTF-8: a CorruptRecordError there too
@@ -297,7 +297,7 @@ def _binary(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Arr
     """A binary Arrow array of data[start : start + length] per row; a negative length is null."""
     from pipeline import record_kernels as k
 
-    offsets, out = k.gather(data, starts, lengths)
+    offsets, out = k.gather(_read_only(data), np.ascontiguousarray(starts), np.ascontiguousarray(lengths))
     n = len(starts)
     nulls = lengths < 0
     null_count = int(nulls.sum())
@@ -387,6 +387,23 @@ def _decompress(codec: int, payload: Any) -> bytes:
         return bytes(codecs.gzip_decode(payload))
     decode = {2: codecs.snappy_decode, 3: codecs.lz4_decode, 4: codecs.zstd_decode}[codec]
     return bytes(decode(bytes(payload)))
+
+
+def _read_only(data: np.ndarray) -> np.ndarray:
+    """The compiled loops take one array type (read-only, contiguous bytes), so they compile once."""
+    if data.flags.writeable:
+        data = data.view()
+        data.flags.writeable = False
+    return data
+
+
+def warm_up() -> None:
+    """Compile (the first time on a machine: seconds) or load from numba's cache the decoder's loops."""
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, batch_size=1024)
+    builder.append(0, 0, b"k", b"v", [])
+    decode_fetch(bytes(builder.build()), "warm-up", 0, 0)
 
 
 def _crc32c(data: Any) -> int:
