@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -49,20 +50,37 @@ def build_scorer(settings: Settings) -> Scorer:
 
 class LazyScorer:
     """The scorer, built (PyTorch imported, the checkpoint loaded and checked) when the engine first asks for
-    it: when a window closes. A run that finds nothing never imports torch (about 2 s of CPU)."""
+    it. A run that finds nothing never imports torch (about 2 s of CPU); a run that will certainly score
+    builds it in the background (`prefetch`) while the consumer group join keeps the process waiting."""
 
     def __init__(self, build: Callable[[], Scorer]) -> None:
         self._build = build
         self._scorer: Scorer | None = None
+        self._lock = threading.Lock()
+
+    def prefetch(self) -> None:
+        def build() -> None:
+            with contextlib.suppress(Exception):  # a failure is raised again, as itself, at the first use
+                self._get()
+
+        threading.Thread(target=build, name="load-model", daemon=True).start()
+
+    def _get(self) -> Scorer:
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = self._build()
+            return self._scorer
 
     def __getattr__(self, name: str) -> Any:
-        if self._scorer is None:
-            self._scorer = self._build()
-        return getattr(self._scorer, name)
+        return getattr(self._get(), name)
 
 
-def lazy_scorer(settings: Settings) -> Scorer:
-    return cast(Scorer, LazyScorer(lambda: build_scorer(settings)))
+def lazy_scorer(settings: Settings, prefetch: bool = False) -> Scorer:
+    """The scorer, built at first use; `prefetch` starts building it now, in the background."""
+    scorer = LazyScorer(lambda: build_scorer(settings))
+    if prefetch:
+        scorer.prefetch()
+    return cast(Scorer, scorer)
 
 
 def preflight(settings: Settings, bootstrap: str) -> None:
@@ -110,7 +128,7 @@ def run_scoring(
     try:
         return run(
             engine_cfg,
-            lazy_scorer(settings),
+            lazy_scorer(settings, prefetch=mode != "until-idle"),  # drain and follow runs always score
             ConsumerProcess(kafka, settings.group, settings.max_batch_records),
             DeadLetters(kafka),
             ParquetLake(settings.lake, name),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -70,5 +71,23 @@ def test_a_damaged_model_stops_the_run_as_a_model_error_when_it_is_first_needed(
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     scorer = lazy_scorer(Settings(model_path=bad))  # nothing loaded yet
+    with pytest.raises(ModelError, match="not a valid VitalStream checkpoint"):
+        _ = scorer.length
+
+
+def test_a_prefetched_model_is_built_in_the_background_and_its_failure_raised_at_first_use(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from runtime.wiring import LazyScorer, build_scorer, lazy_scorer
+
+    good = lazy_scorer(Settings(model_path=tiny_checkpoint), prefetch=True)
+    assert isinstance(good, LazyScorer)
+    deadline = time.monotonic() + 60
+    while good._scorer is None and time.monotonic() < deadline:  # built without anyone asking
+        time.sleep(0.05)
+    assert good.length == build_scorer(Settings(model_path=tiny_checkpoint)).length
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    scorer = lazy_scorer(Settings(model_path=bad), prefetch=True)
     with pytest.raises(ModelError, match="not a valid VitalStream checkpoint"):
         _ = scorer.length
