@@ -31,6 +31,11 @@ from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
 
+# The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
+# and the decoder); with glibc's defaults the freed ones stay in the heap and per-thread arenas, and the
+# process grows (docs/performance.md has the figures). Other C libraries ignore these; the environment wins.
+_MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
+
 
 class ConsumerProcess:
     def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000) -> None:
@@ -56,6 +61,7 @@ class ConsumerProcess:
             [sys.executable, "-m", "pipeline.consumer_process", *map(str, fds)],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
+            env={**_MALLOC_TUNING, **os.environ},
         )
         data_child.close()
         control_child.close()
