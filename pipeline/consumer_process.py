@@ -32,9 +32,9 @@ from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
-# and the decoder); with glibc's defaults the freed ones stay in the heap and per-thread arenas, and the
-# process grows (docs/performance.md has the figures). Other C libraries ignore these; the environment wins.
-_MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
+# and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
+# do, at no CPU cost (docs/performance.md). Other C libraries ignore it; the environment's own value wins.
+_MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2"}
 
 
 class ConsumerProcess:
