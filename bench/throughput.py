@@ -1,12 +1,19 @@
 """End-to-end throughput and peak memory, beside a bare kafka-python consumer on the same messages.
 
-    python bench/throughput.py [--patients 10000] [--hours 0.2] [--partitions 3]
+    python bench/throughput.py [--shape bench|single] [--patients N] [--hours H] [--partitions P]
 
+Shapes: `bench` (the default: 10,000 patients x 0.2 h, four topics of 3 partitions, about 2.55 M messages)
+and `single` (one topic, heart rate only: 2,000 patients x 0.31 h on 4 partitions, about 400,000 messages).
 1. starts the embedded broker and produces the simulated patients' messages (not timed);
-2. a bare kafka-python consumer reads every message (child process; messages/s);
-3. `vitalstream run --drain` scores them into a fresh lake (child process; readings/s over the flow's
-   consuming time, wall time including Prefect start-up, and peak RSS per process, sampled every 10 ms).
-Prints one table. A benchmark, not a test: nothing here asserts.
+2. a bare kafka-python consumer reads every message (child process; messages/s and its CPU time);
+3. the same consumer with the bulk decoder (pipeline/kafka_fetch.py) reads every message (child process);
+4. `vitalstream run --drain` scores them into a fresh lake (child process; readings/s from the group's
+   assignment to the last batch, as the bare consumer is timed from its first poll; then counting the
+   consumer's start and the group join; wall time including Prefect's start-up; peak RSS and CPU time per
+   process);
+5. unless --no-validate, Great Expectations validates the run's samples as its own flow run.
+Prints one table, with ratios to the bare consumer of the same run. A benchmark, not a test: nothing here
+asserts.
 """
 
 from __future__ import annotations
@@ -26,20 +33,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BARE = r"""
-import sys, time
+import resource, sys, time
 from kafka import KafkaConsumer, TopicPartition
-bootstrap, total = sys.argv[1], int(sys.argv[2])
+bootstrap, total, bulk = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "bulk"
 c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=50000,
                   max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+if bulk:
+    from pipeline import kafka_fetch
+    kafka_fetch.install(c)  # poll() hands out RecordColumns: offsets, timestamps, keys and values as columns
 tps = [TopicPartition(t, p) for t in c.topics() if t.startswith("vitals.") for p in c.partitions_for_topic(t)]
 c.assign(tps); c.seek_to_beginning()
 n, t0 = 0, time.perf_counter()
 while n < total:
     for recs in c.poll(timeout_ms=1000).values():
-        for r in recs:
-            n += 1  # touch every record, as a real consumer would
-print(n / (time.perf_counter() - t0))
+        if bulk:
+            n += sum(len(cols.values) for cols in recs)  # the columns a RawBatch is made of
+        else:
+            for r in recs:
+                n += 1  # touch every record, as a real consumer would
+u = resource.getrusage(resource.RUSAGE_SELF)
+print(n / (time.perf_counter() - t0), u.ru_utime + u.ru_stime)
 """
+
+SHAPES = {  # patients, hours, partitions, streams
+    "bench": (10_000, 0.2, 3, None),
+    "single": (2_000, 0.31, 4, {"heart_rate"}),
+}
 
 
 PREFECT_SERVER = "Prefect local server"
@@ -136,11 +155,17 @@ def _statm_rss_pages(pid: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--patients", type=int, default=10_000)
-    ap.add_argument("--hours", type=float, default=0.2)
-    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="bench")
+    ap.add_argument("--patients", type=int, help="default: the shape's")
+    ap.add_argument("--hours", type=float, help="default: the shape's")
+    ap.add_argument("--partitions", type=int, help="default: the shape's")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-validate", action="store_true", help="skip the Great Expectations flow run")
     args = ap.parse_args()
+    patients, hours, partitions, streams = SHAPES[args.shape]
+    args.patients = args.patients or patients
+    args.hours = args.hours or hours
+    args.partitions = args.partitions or partitions
 
     from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
     from sim.broker import EmbeddedBroker
@@ -156,7 +181,9 @@ def main() -> None:
         start_ms = int(time.time() * 1000) // hour_ms * hour_ms - int(args.hours * hour_ms)
         sim = simulate(SimulationConfig(patients=args.patients, hours=args.hours, seed=args.seed, start_ms=start_ms))
         prod = producer(kafka)
-        sent = sum(produce(prod, kafka, chunk) for chunk in encode(sim))
+        sent = sum(
+            produce(prod, kafka, [m for m in chunk if streams is None or m[0] in streams]) for chunk in encode(sim)
+        )
         prod.close()
         print(
             f"produced {sent:,} messages ({args.patients:,} patients x {args.hours} h) "
@@ -164,14 +191,19 @@ def main() -> None:
             flush=True,
         )
 
-        bare = float(
-            subprocess.run(
-                [sys.executable, "-c", BARE, broker.bootstrap, str(sent)],
+        def consume(how: str) -> tuple[float, float]:
+            out = subprocess.run(
+                [sys.executable, "-c", BARE, broker.bootstrap, str(sent), how],
                 check=True,
                 capture_output=True,
                 text=True,
-            ).stdout.strip()
-        )
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            ).stdout.split()
+            return float(out[0]), float(out[1])
+
+        bare, bare_cpu = consume("bare")
+        bulk, bulk_cpu = consume("bulk")
 
         env = {
             **os.environ,
@@ -192,11 +224,20 @@ def main() -> None:
         s = json.loads(summary_file.read_text())
         # Great Expectations on the run's samples: its own flow run, as the `validate` deployment runs it.
         validate = "import sys\nfrom flows.quality_report import validation_flow\nvalidation_flow(lake=sys.argv[1])\n"
-        ge_wall, ge_sampler = _sampled([sys.executable, "-c", validate, lake], env)
-        e2e = s["consumed"] / s["seconds"]
+        ge = None if args.no_validate else _sampled([sys.executable, "-c", validate, lake], env)
+        e2e = s["consumed"] / (s["seconds"] - s["startup_s"])  # steady: from the group's assignment on
         print()
-        print(f"{'bare kafka-python consumer':<38}{bare:>12,.0f} messages/s")
+        print(f"{'bare kafka-python consumer':<38}{bare:>12,.0f} messages/s   (CPU {bare_cpu:.1f} s)")
+        print(
+            f"{'consumer with the bulk decoder':<38}{bulk:>12,.0f} messages/s   "
+            f"({bulk / bare:.2f} x bare, CPU {bulk_cpu:.1f} s)"
+        )
         print(f"{'end to end (decode..Parquet, in flow)':<38}{e2e:>12,.0f} readings/s   ({e2e / bare:.2f} x bare)")
+        in_run = s["consumed"] / s["seconds"]
+        print(
+            f"{'  counting consumer start + group join':<38}{in_run:>12,.0f} readings/s   ({in_run / bare:.2f} x bare;"
+            f" {s['startup_s']:.1f} s before the first poll)"
+        )
         print(
             f"{'end to end incl. Prefect start-up':<38}{s['consumed'] / wall:>12,.0f} readings/s   (wall {wall:.1f} s)"
         )
@@ -210,9 +251,22 @@ def main() -> None:
             if sec >= 0.5:
                 print(f"{'CPU time, ' + role:<38}{sec:>12,.1f} s")
         print(f"{'CPU time, this memory sampler':<38}{sampler.own_cpu_s:>12,.1f} s")
+        if ge is not None:
+            print(
+                f"{'Great Expectations (own flow run)':<38}{ge[0]:>12,.1f} s wall, "
+                f"peak RSS {ge[1].peak_kib / 1024:,.0f} MiB with its Prefect server"
+            )
+        state = Path(lake) / "_state"
+        state_bytes = sum(f.stat().st_size for f in state.rglob("*") if f.is_file())  # the newest generation only
+        from pipeline.config import Settings
+        from runtime.checkpoint import FileCheckpoints
+
+        saved = FileCheckpoints(Path(lake), "bench", Settings().window()).load()
+        in_memory = (saved.history.nbytes + saved.window.open.nbytes) if saved is not None else 0
         print(
-            f"{'Great Expectations (own flow run)':<38}{ge_wall:>12,.1f} s wall, "
-            f"peak RSS {ge_sampler.peak_kib / 1024:,.0f} MiB with its Prefect server"
+            f"{'state carried to the next run':<38}{in_memory / 2**20:>12,.1f} MiB   "
+            f"({in_memory / args.patients:,.0f} bytes per patient in memory, "
+            f"{state_bytes / args.patients:,.0f} on disk)"
         )
         print(
             f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "

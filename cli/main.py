@@ -291,10 +291,14 @@ def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
         logging.getLogger(name).addFilter(_drop_expected_tracebacks)
     result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     # Great Expectations on the run's sample: its own flow run, after the scoring run's consumer has gone
-    # (a deployment every few minutes under `vitalstream serve`).
-    from flows.quality_report import validation_flow
+    # (a deployment every few minutes under `vitalstream serve`); none when there is no sample to validate.
+    from ops.quality import pending_samples
 
-    result["validation"] = validation_flow(lake=str(settings.lake.resolve()))
+    result["validation"] = []
+    if pending_samples(settings.lake):
+        from flows.quality_report import validation_flow
+
+        result["validation"] = validation_flow(lake=str(settings.lake.resolve()))
     return result
 
 

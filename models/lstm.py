@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.paths import DEFAULT_CHECKPOINT  # re-exported: its home does not import torch
 from pipeline.features import VITALS
 from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract, sensor_configuration
-
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "risk_lstm.pt"
 
 
 def _pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
-from models.lstm import Checkpoint
 from pipeline.features import VITALS
 from pipeline.model_contract import (
     CONDITION_STREAMS,
@@ -32,6 +30,9 @@ from pipeline.model_contract import (
     sensor_configuration,
 )
 from pipeline.readings import epoch_ms
+
+if TYPE_CHECKING:  # torch is imported when a network runs, not with this module (runtime imports it)
+    from models.lstm import Checkpoint
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
 # The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
@@ -154,6 +155,8 @@ class Scorer:
             if self.session is not None:
                 lo, fc = self.session.run(["logits", "forecast"], {"x": chunk})
             else:
+                import torch
+
                 with torch.inference_mode():
                     lo_t, fc_t = self.net(torch.from_numpy(chunk))
                 lo, fc = lo_t.numpy(), fc_t.numpy()

@@ -20,7 +20,7 @@ class RawBatch:
     partitions: np.ndarray  # int32
     offsets: np.ndarray  # int64
     timestamps_ms: np.ndarray  # int64, Kafka record timestamps
-    headers: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)  # position -> Kafka headers, if any
+    headers: dict[int, list[tuple[str, bytes | None]]] = field(default_factory=dict)  # position -> Kafka headers
     _keys: pa.Array | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -44,6 +44,7 @@ class Settings:
     quality_sample_rows: int = 20_000
     connect_timeout_s: float = 10.0
     kafka_security: dict[str, Any] = field(default_factory=dict)  # security_protocol, ssl_*, sasl_* passed through
+    kafka_bulk_decode: bool = True  # record batches to columns in bulk (pipeline/record_batches.py)
     # operations: schedules, compaction, reports, quality
     score_cron: str = "* * * * *"
     compact_cron: str = "0 * * * *"
@@ -88,6 +89,7 @@ class Settings:
             assignment_timeout_s=self.assignment_timeout_s,
             risk_topic_name=self.risk_topic,
             alerts_topic_name=self.alerts_topic,
+            bulk_decode=self.kafka_bulk_decode,
         )
 
     def instance_index(self) -> tuple[int, int] | None:
@@ -145,6 +147,7 @@ SETTING_DOCS: dict[str, str] = {
     "quality_sample_rows": "rows per suite and sample that Great Expectations validates (failing rows first)",
     "connect_timeout_s": "how long to wait for the broker before failing",
     "kafka_security": "TLS/SASL options passed to kafka-python (security_protocol, ssl_*, sasl_*)",
+    "kafka_bulk_decode": "decode fetched record batches in bulk; false: kafka-python's per-record parser (slower)",
     "score_cron": "`vitalstream serve`: when to start the live scoring run if it is not running (cron)",
     "compact_cron": "`vitalstream serve`: when Parquet compaction runs (cron)",
     "validate_cron": "`vitalstream serve`: when Great Expectations validates the samples scoring runs wrote (cron)",

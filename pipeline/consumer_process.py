@@ -1,8 +1,8 @@
 """The Kafka consumer in its own process, one micro-batch ahead of the pipeline.
 
-kafka-python parses record batches in pure Python, the largest single cost of a run, and holds the GIL
-while it does, so a thread cannot overlap it with the pipeline's work (docs/performance.md). A child process
-can. The child owns the group membership and the KafkaConsumer; it polls, turns each poll
+Fetching and decoding records (in bulk: pipeline/kafka_fetch.py) holds the GIL for part of the time, so a
+thread would overlap less with the pipeline's work than a child process does (docs/performance.md). The
+child owns the group membership and the KafkaConsumer; it polls, turns each poll
 into per-topic RawBatches of Arrow arrays (cheap to pickle: a few buffers, not a million objects), and
 sends them through a pipe together with the partitions still lagging after that poll. The pipe's send
 blocks while the parent is busy, so at most one batch waits: memory stays bounded and back-pressure
@@ -31,6 +31,11 @@ from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
 
+# The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
+# and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
+# do, at no CPU cost (docs/performance.md). Other C libraries ignore it; the environment's own value wins.
+_MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2"}
+
 
 class ConsumerProcess:
     def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000) -> None:
@@ -56,6 +61,7 @@ class ConsumerProcess:
             [sys.executable, "-m", "pipeline.consumer_process", *map(str, fds)],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
+            env={**_MALLOC_TUNING, **os.environ},
         )
         data_child.close()
         control_child.close()

@@ -53,7 +53,7 @@ class Decoded:
 
 def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     n = len(batch)
-    ok_mask, is_iso = _scan(batch.values)
+    ok_mask, is_iso = _scan(batch.values, contract)
     pieces: list[tuple[pa.Table, np.ndarray]] = []
     slow: list[np.ndarray] = [np.flatnonzero(~ok_mask).astype(np.int32)]
     for ts_type, mask in ((pa.string(), is_iso & ok_mask), (pa.int64(), ~is_iso & ok_mask)):
@@ -105,26 +105,33 @@ def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     )
 
 
-def _scan(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def _scan(arr: pa.Array, contract: StreamContract) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised pre-checks over the raw bytes: which messages the bulk reader may take, and which carry
     an ISO `ts` string. Empty, oversized or multi-line messages, or ones that are not an object, go to the
     exact path. Every other line starts with "{", so it yields at least one row or a parse error: a row
-    count equal to the line count proves that rows and messages line up one to one."""
+    count equal to the line count proves that rows and messages line up one to one. Messages the reader
+    would stop at, as far as a byte scan can tell (not ending in "}", a field twice, a string where the
+    contract wants a number or a boolean), go to the exact path too: each stop costs the reader a pass."""
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if n and arr.buffers()[2] else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]  # a slice of a larger array (the consumer's chunks) sees its own bytes
+    offsets = offsets - offsets[0]
     lengths = np.diff(offsets)
     ok = (lengths > 0) & (lengths <= MAX_MESSAGE_BYTES)
     if arr.null_count:
         ok &= np.asarray(arr.is_valid())
     starts = offsets[:-1]
     ok[ok] &= data[starts[ok]] == ord("{")
-    breaks = np.flatnonzero((data == 10) | (data == 13))
-    ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
-    # Arrow's reader does not check UTF-8 inside strings: messages with non-ASCII bytes are checked here in
-    # one cast (which validates UTF-8); only if that fails are they checked one by one, and the invalid ones
+    ok[ok] &= data[offsets[1:][ok] - 1] == ord("}")  # a truncated message does not end its object
+    # One pass finds the rare bytes: control characters (a raw line break would split a message) and
+    # non-ASCII ones. Arrow's reader does not check UTF-8 inside strings: messages with non-ASCII bytes are
+    # checked here in one cast (which validates UTF-8); only if that fails one by one, and the invalid ones
     # go to the exact path, which names the fault.
-    non_ascii = np.unique(np.searchsorted(offsets, np.flatnonzero(data >= 0x80), side="right") - 1)
+    rare = np.flatnonzero((data - np.uint8(32)) >= 96)  # below 32 or above 127, in one comparison
+    breaks = rare[(data[rare] == 10) | (data[rare] == 13)]
+    ok[np.searchsorted(offsets, breaks, side="right") - 1] = False
+    non_ascii = np.unique(np.searchsorted(offsets, rare[data[rare] >= 0x80], side="right") - 1)
     suspects = non_ascii[ok[non_ascii]]
     if len(suspects):
         try:
@@ -135,12 +142,32 @@ def _scan(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
                     data[offsets[i] : offsets[i + 1]].tobytes().decode("utf-8")
                 except UnicodeDecodeError:
                     ok[i] = False
-    quote = np.flatnonzero(data[: max(len(data) - 5, 0)] == ord('"'))
-    for k, ch in enumerate(b'ts":"', start=1):
-        quote = quote[data[quote + k] == ch]
+    colons = np.flatnonzero(data == ord(":"))
+    key_ends = colons[(colons >= 4) & (colons + 1 < len(data))]
+    key_ends = key_ends[data[key_ends - 1] == ord('"')]  # `":` ends every key (and the odd string value)
+    tails = sum(data[key_ends - k].astype(np.uint32) << (8 * (k - 1)) for k in (1, 2, 3))
     is_iso = np.zeros(n, dtype=bool)
-    is_iso[np.searchsorted(offsets, quote, side="right") - 1] = True
+    for name, kind in contract.fields.items():
+        at = _key(data, key_ends, tails, name.encode())
+        string_value = data[at + 1] == ord('"')
+        msg = np.searchsorted(offsets, at, side="right") - 1
+        ok[msg[np.bincount(msg, minlength=n)[msg] > 1]] = False  # a field twice: the reader refuses it
+        if kind == "timestamp":
+            is_iso[msg[string_value]] = True
+        elif kind != "string":
+            ok[msg[string_value]] = False  # a string where the contract wants a number or a boolean
     return ok, is_iso
+
+
+def _key(data: np.ndarray, colons: np.ndarray, tails: np.ndarray, name: bytes) -> np.ndarray:
+    """Those of `colons` (each after a quote) that end the key `"name"`; `tails` holds the three bytes before
+    each colon, so one integer comparison per colon does most of the work."""
+    quoted = b'"' + name + b'"'
+    at = colons[tails == int.from_bytes(quoted[-3:], "big")]
+    at = at[at >= len(quoted)]
+    for k in range(4, len(quoted) + 1):
+        at = at[data[at - k] == quoted[-k]]
+    return at
 
 
 def _non_finite(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from pipeline.alerts import ACK_STREAM, to_json_rows
 from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS
 from pipeline.errors import BrokerUnavailable
+from pipeline.record_batches import RecordColumns
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class KafkaSettings:
     assignment_timeout_s: float = 30.0  # how long to wait for the group to assign partitions
     risk_topic_name: str = ""  # live risk scores; "" means <topic_prefix>risk
     alerts_topic_name: str = ""  # live alert events; "" means <topic_prefix>alerts
+    bulk_decode: bool = True  # fetched record batches to columns in bulk (pipeline/kafka_fetch.py)
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}{stream}"
@@ -289,6 +291,10 @@ class StreamConsumer:
             )
         except (KafkaError, OSError) as exc:
             raise _unreachable(settings, exc) from exc
+        if settings.bulk_decode:
+            from pipeline import kafka_fetch
+
+            kafka_fetch.install(self.consumer)  # poll() now returns RecordColumns chunks, not records
         # Next offset to read per partition: the checkpoint's at start, then past every message handed out.
         self._seek_to: dict[TopicPartition, int] = {}
         self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
@@ -370,14 +376,29 @@ class StreamConsumer:
             if not got:
                 break
             for tp, records in got.items():
-                by_topic.setdefault(tp.topic, []).append(self._raw(tp, records))
-                total += len(records)
+                raw = self._raw(tp, records)
+                by_topic.setdefault(tp.topic, []).append(raw)
+                total += len(raw)
                 # After a rebalance (a broker outage can expire the session) resume here, not at the group's
                 # committed offset, which may trail the messages already handed to the pipeline.
-                self._seek_to[tp] = max(self._seek_to.get(tp, 0), records[-1].offset + 1)
+                self._seek_to[tp] = max(self._seek_to.get(tp, 0), int(raw.offsets[-1]) + 1)
         return [_concat(parts) for parts in by_topic.values()]
 
     def _raw(self, tp: TopicPartition, recs: list[Any]) -> RawBatch:
+        if recs and isinstance(recs[0], RecordColumns):  # the bulk decoder's chunks
+            cols = RecordColumns.concat(recs)
+            return RawBatch(
+                stream=self.settings.stream_of(tp.topic),
+                topic=tp.topic,
+                # a chunk may be a slice of a fetch's columns: compacted (one copy), or the pipe to the
+                # pipeline would carry the whole fetch's bytes with every slice
+                keys=pa.concat_arrays([cols.keys]),
+                values=pa.concat_arrays([cols.values]),
+                partitions=np.full(len(cols), tp.partition, dtype=np.int32),
+                offsets=cols.offsets,
+                timestamps_ms=cols.timestamps_ms,
+                headers=cols.headers,
+            )
         n = len(recs)
         headers = [r.headers for r in recs]
         return RawBatch(
@@ -444,7 +465,7 @@ def _concat(parts: list[RawBatch]) -> RawBatch:
     """One topic's RawBatches (one per partition and poll) as one."""
     if len(parts) == 1:
         return parts[0]
-    headers: dict[int, list[tuple[str, bytes]]] = {}
+    headers: dict[int, list[tuple[str, bytes | None]]] = {}
     start = 0
     for part in parts:
         headers.update({start + i: h for i, h in part.headers.items()})

@@ -110,6 +110,7 @@ class RunSummary:
     lake: str = ""
     outage_s: float = 0.0  # longest broker outage survived during the run
     offsets: dict[str, int] = field(default_factory=dict)  # next offset per partition, as checkpointed
+    startup_s: float = 0.0  # of `seconds`, before the first poll: the consumer's start and the group join
 
     @property
     def balanced(self) -> bool:
@@ -126,6 +127,7 @@ class RunSummary:
             "mode": self.mode,
             "batches": self.batches,
             "seconds": round(self.seconds, 2),
+            "startup_s": round(self.startup_s, 2),
             **self.run.as_dict(),
             "pending_before": self.pending_before,
             "pending_after": self.pending_after,
@@ -215,6 +217,7 @@ def run(
     outage = Outage(cfg.outage_timeout_s, logger, broker_name)
     protocol = BatchProtocol(engine, source, dead_letters, lake, checkpoints, cfg, outage, logger, outputs)
     run_id, started, sampled_at = new_id(), time.perf_counter(), time.monotonic()
+    startup_s = 0.0
     totals, batches, pending_before = Totals(), 0, engine.pending
 
     def write_quality_sample() -> dict[str, dict[str, Any]]:
@@ -224,6 +227,7 @@ def run(
     try:
         source.resume_from(engine.offsets)
         source.wait_for_assignment()
+        startup_s = time.perf_counter() - started
         idle_polls = 0
         while stop is None or not stop():
             raw = source.poll_batch()  # 1. poll
@@ -271,6 +275,7 @@ def run(
         lake_name,
         outage.longest_s,
         dict(engine.offsets),
+        startup_s,
     )
     logger.info(
         "consumed %d, windowed %d, duplicates %d, quarantined %d, windows %d, pending %d, balanced=%s",

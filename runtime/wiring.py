@@ -10,11 +10,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
-from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
+from models.paths import DEFAULT_CHECKPOINT
 from models.scorer import Scorer
 from pipeline.alert_policy import load_policy
 from pipeline.config import Settings
@@ -30,6 +30,8 @@ from runtime.loop import LoopConfig, Mode, RunSummary, run
 
 def build_scorer(settings: Settings) -> Scorer:
     """The scorer the settings ask for; ModelError (one line, what to do) when it cannot be built."""
+    from models.lstm import load_checkpoint  # PyTorch: imported when a model is needed, not at start-up
+
     path = settings.model_path or DEFAULT_CHECKPOINT
     try:
         if settings.onnx_path is not None and not settings.onnx_path.exists():
@@ -48,14 +50,55 @@ def build_scorer(settings: Settings) -> Scorer:
         raise ModelError(str(exc)) from exc
 
 
+class LazyScorer:
+    """The scorer, built (PyTorch imported, the checkpoint loaded and checked) when the engine first asks for
+    it. A run that finds nothing never imports torch (about 2 s of CPU); a run that will certainly score
+    builds it in the background (`prefetch`) while the consumer group join keeps the process waiting."""
+
+    def __init__(self, build: Callable[[], Scorer]) -> None:
+        self._build = build
+        self._scorer: Scorer | None = None
+        self._lock = threading.Lock()
+
+    def prefetch(self) -> None:
+        def build() -> None:
+            with contextlib.suppress(Exception):  # a failure is raised again, as itself, at the first use
+                self._get()
+
+        threading.Thread(target=build, name="load-model", daemon=True).start()
+
+    def _get(self) -> Scorer:
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = self._build()
+            return self._scorer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def lazy_scorer(settings: Settings, prefetch: bool = False) -> Scorer:
+    """The scorer, built at first use; `prefetch` starts building it now, in the background."""
+    scorer = LazyScorer(lambda: build_scorer(settings))
+    if prefetch:
+        scorer.prefetch()
+    return cast(Scorer, scorer)
+
+
 def preflight(settings: Settings, bootstrap: str) -> None:
     """The expected failures (no pseudonym key, bad alert policy, lake not writable, no model, no broker), each
-    as one line, before anything starts."""
+    as one line, before anything starts. The model file is looked for here and loaded (digest and window
+    length checked) when the first window is scored: a damaged checkpoint stops the run then, before that
+    batch is written."""
     if settings.pseudonymise:
         key_from_env()
     load_policy(settings.alert_policy)
     ensure_writable(settings.lake)
-    build_scorer(settings)
+    path = settings.model_path or DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)")
+    if settings.onnx_path is not None and not settings.onnx_path.exists():
+        raise ModelError(f"ONNX model {settings.onnx_path} not found (write it with `vitalstream export-onnx`)")
     check_reachable(settings.kafka(bootstrap))
 
 
@@ -97,7 +140,7 @@ def run_scoring(
     try:
         return run(
             engine_cfg,
-            build_scorer(settings),
+            lazy_scorer(settings, prefetch=mode != "until-idle"),  # drain and follow runs always score
             ConsumerProcess(kafka, settings.group, settings.max_batch_records),
             DeadLetters(kafka),
             ParquetLake(settings.lake, name),

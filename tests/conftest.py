@@ -91,6 +91,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def session_broker() -> Iterator[EmbeddedBroker]:
     """One embedded broker for the session's broker tests, each on its own topic prefix:
     stopping a broker that clients have talked to takes it about 5 s."""
+    from pipeline.record_batches import warm_up
+
+    warm_up()  # the record decoder's compiled loops, cached on disk before consumer processes need them
     with EmbeddedBroker() as b:
         yield b
 

@@ -9,7 +9,7 @@ from conftest import T0, raw_batch
 
 from pipeline.batch import RawBatch
 from pipeline.contract import stream_contract
-from pipeline.decode import FALLBACK_CHUNK, decode, parse_event_time
+from pipeline.decode import FALLBACK_CHUNK, _decode_one, decode, parse_event_time
 from pipeline.readings import to_readings
 
 
@@ -64,6 +64,47 @@ def test_a_bad_message_is_isolated_with_its_reason(value: bytes | None, reason: 
     assert d.rejected_src.tolist() == [FALLBACK_CHUNK + 7]
     assert d.rejected_reason == [reason]
     assert len(d.table) == n - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":70,"heart_rate_bpm":900}',  # a field twice
+        b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":70,"heart_rate_bpm":NaN}',
+        b'{"patient_id":"P1","device_id":"d","ts":"2026-11-22T00:00:00Z","heart_rate_bpm":"fast"}',
+        b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":7',  # truncated
+        b'{"patient_id":"P1","device_id":"d","ts":1,"heart_rate_bpm":70} ',  # valid, ends in a space
+        b'{"patient_id":"P1","device_id":"a\\":\\"heart_rate_bpm\\":\\"x","ts":1,"heart_rate_bpm":70}',
+        b'{"patient_id":"P1","device_id":"d","ts" : "2026-11-22T00:00:00Z","heart_rate_bpm":70}',
+    ],
+)
+def test_messages_the_byte_scan_routes_to_the_exact_path_decode_as_the_exact_decoder_says(value: bytes) -> None:
+    """The scan only chooses a path; what a message decodes to is the exact decoder's answer either way."""
+    values = [hr(i) for i in range(300)]
+    values[150] = value
+    contract = stream_contract("heart_rate")
+    d = decode(raw_batch("heart_rate", values), contract)
+    row, reason, _ = _decode_one(value, contract)
+    if row is None:
+        assert d.rejected_src.tolist() == [150] and d.rejected_reason == [reason]
+    else:
+        assert len(d.rejected_src) == 0 and len(d.table) == 300
+        i = d.table.column("src").to_pylist().index(150)
+        assert d.table.column("heart_rate_bpm")[i].as_py() == row["heart_rate_bpm"]
+
+
+def test_a_batch_whose_values_are_a_slice_of_a_larger_array_decodes_as_a_fresh_one() -> None:
+    """The consumer hands out slices of a fetch's columns: bytes before and after them are not theirs."""
+    values = [hr(i) for i in range(40)]
+    values[5] = '{"patient_id":"\u00e9\\n"}'.encode()  # non-ASCII and a newline escape before the slice
+    values[33] = b'{"patient_id":"P1"}\n{"x":1}'  # a raw newline after it
+    whole = pa.array(values, pa.binary())
+    fresh = decode(raw_batch("heart_rate", values[10:30]), stream_contract("heart_rate"))
+    sliced_batch = raw_batch("heart_rate", values[10:30])
+    sliced_batch.values = whole.slice(10, 20)
+    sliced = decode(sliced_batch, stream_contract("heart_rate"))
+    assert sliced.table.equals(fresh.table)
+    assert sliced.rejected_src.tolist() == fresh.rejected_src.tolist() == []
 
 
 def test_two_objects_in_one_message_are_not_misaligned() -> None:

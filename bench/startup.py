@@ -1,0 +1,134 @@
+"""What a run that finds nothing costs: `vitalstream run` on empty topics, with and without a Prefect server.
+
+    python bench/startup.py [--runs 2] [--no-server]
+
+1. starts the embedded broker and creates the (empty) topics;
+2. times the consumer group join alone (the same consumer settings as a run; the broker decides it);
+3. `vitalstream run` (a child process) that finds nothing, `--runs` times: wall time, CPU time of the run's
+   whole process tree (user + system, its children included) and peak RSS of the tree, sampled as in
+   bench/throughput.py. First with no Prefect server configured (Prefect starts a temporary one in the
+   process), then with `prefect server start` running and PREFECT_API_URL set, as under a deployment.
+A benchmark, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from throughput import RssSampler  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """`prefect server start` on a free port; yields its API URL once it answers."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, float, float]:
+    """(wall s, CPU s of the process tree, peak RSS MiB of the tree) of one `vitalstream run`."""
+    cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
+    w0 = time.perf_counter()
+    child = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    sampler = RssSampler(child.pid)
+    sampler.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - w0
+    sampler.stop.set()
+    sampler.join()
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"vitalstream run failed with exit code {os.waitstatus_to_exitcode(status)}")
+    # wait4's usage covers the child and the children it waited for (its consumer process; Prefect's
+    # temporary server if it reaped it); the sampler's per-process figures catch any it did not
+    cpu = max(usage.ru_utime + usage.ru_stime, sum(sampler.cpu_seconds().values()))
+    return wall, cpu, sampler.peak_kib / 1024
+
+
+def group_join_s(bootstrap: str) -> float:
+    from pipeline.kafka_io import KafkaSettings, StreamConsumer
+
+    consumer = StreamConsumer(KafkaSettings(bootstrap), group=f"join-{time.time_ns()}")
+    try:
+        t0 = time.perf_counter()
+        consumer.wait_for_assignment(timeout_s=60)
+        return time.perf_counter() - t0
+    finally:
+        consumer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--no-server", action="store_true", help="skip the measurement with `prefect server start`")
+    args = ap.parse_args()
+
+    from pipeline.kafka_io import KafkaSettings, ensure_topics
+    from sim.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        ensure_topics(KafkaSettings(broker.bootstrap))
+        join = group_join_s(broker.bootstrap)
+        print(f"{'consumer group join alone':<44}{join:>8.1f} s")
+        base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        base |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+        base["PYTHONPATH"] = str(ROOT)
+        setups: list[tuple[str, dict[str, str] | None]] = [("no Prefect server configured", None)]
+        if not args.no_server:
+            setups.append(("with `prefect server start`", {}))
+        for label, extra in setups:
+            home = Path(tmp) / label.replace(" ", "_").replace("`", "")
+            env = {**base, "PREFECT_HOME": str(home)}
+            with prefect_server(home) if extra is not None else contextlib.nullcontext() as url:
+                if url:
+                    env["PREFECT_API_URL"] = url
+                for i in range(args.runs):
+                    wall, cpu, rss = run_once(env, broker.bootstrap, Path(tmp) / f"lake-{label[:4]}")
+                    print(
+                        f"{'run that finds nothing, ' + label:<44}{wall:>8.1f} s wall {cpu:>6.1f} s CPU "
+                        f"{rss:>6,.0f} MiB peak   (run {i + 1}; wall includes the group join)"
+                    )
+
+
+if __name__ == "__main__":
+    main()
