@@ -152,7 +152,39 @@ def producer(settings: KafkaSettings) -> KafkaProducer:
         raise _unreachable(settings, exc) from exc
 
 
-class DeadLetters:
+class _AcknowledgedProducer:
+    """A producer made on first use whose sends all wait for the broker's acknowledgement."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer: KafkaProducer | None = None
+
+    def _client(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = producer(self.settings)
+        return self._producer
+
+    def _acknowledged(self, futures: list[Any], timeout_s: float, what: str) -> int:
+        """Wait for every send; BrokerUnavailable naming `what` when the broker does not acknowledge them all."""
+        try:
+            self._client().flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=0)
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"{what} on {self.settings.bootstrap} did not acknowledge {len(futures)} message(s) within "
+                f"{timeout_s:.0f} s ({type(exc).__name__})"
+            ) from exc
+        return len(futures)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                self._producer.close(timeout=2)
+            self._producer = None
+
+
+class DeadLetters(_AcknowledgedProducer):
     """The dead-letter topic: every quarantined message, with its original key, value, headers and timestamp,
     plus `vitalstream.*` headers saying why and where it came from.
 
@@ -163,17 +195,15 @@ class DeadLetters:
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.topic = settings.dead_letter_topic()
-        self._producer: KafkaProducer | None = None
 
     def send(self, table: Any, timeout_s: float) -> int:
         """Send the rows of a quarantine table (with its `headers` column); wait for every acknowledgement.
         Raises BrokerUnavailable when the broker does not acknowledge within `timeout_s`."""
         if len(table) == 0:
             return 0
-        if self._producer is None:
-            self._producer = producer(self.settings)
+        send = self._client().send
         cols = {name: table.column(name).to_pylist() for name in _DLQ_COLUMNS}
         futures = []
         for i in range(len(table)):  # quarantined rows only: a handful per batch, not the hot path
@@ -185,7 +215,7 @@ class DeadLetters:
             ]
             ts = cols["kafka_timestamp"][i]
             futures.append(
-                self._producer.send(
+                send(
                     self.topic,
                     key=cols["key"][i],
                     value=cols["value"][i],
@@ -193,62 +223,26 @@ class DeadLetters:
                     timestamp_ms=int(ts.timestamp() * 1000) if ts is not None else None,
                 )
             )
-        try:
-            self._producer.flush(timeout=timeout_s)
-            for f in futures:
-                f.get(timeout=0)
-        except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"dead-letter topic {self.topic} on {self.settings.bootstrap} did not acknowledge "
-                f"{len(futures)} message(s) within {timeout_s:.0f} s ({type(exc).__name__})"
-            ) from exc
-        return len(futures)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                self._producer.close(timeout=2)
-            self._producer = None
+        return self._acknowledged(futures, timeout_s, f"dead-letter topic {self.topic}")
 
 
-class LiveTopics:
+class LiveTopics(_AcknowledgedProducer):
     """The live outputs: each scored window on the risk topic and each alert event on the alerts topic, as
     JSON keyed by patient id (schemas/risk_message.json, schemas/alert_message.json), acknowledged by the
     broker before the batch is checkpointed. A crash before the checkpoint sends the batch's messages again
     with the same content: consumers deduplicate risk on (patient_id, window_end) and alerts on (alert_id,
     state, sequence)."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.settings = settings
-        self._producer: KafkaProducer | None = None
-
     def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int:
-        if self._producer is None:
-            self._producer = producer(self.settings)
+        send = self._client().send
         futures = []
         for topic, table in ((self.settings.risk_topic(), risk_scores), (self.settings.alerts_topic(), alerts)):
             if len(table) == 0:
                 continue
             keys = table.column("patient_id").to_pylist()
-            send = self._producer.send
             futures += [send(topic, key=k.encode(), value=v) for k, v in zip(keys, to_json_rows(table), strict=True)]
-        try:
-            self._producer.flush(timeout=timeout_s)
-            for f in futures:
-                f.get(timeout=0)
-        except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"live topics {self.settings.risk_topic()}, {self.settings.alerts_topic()} on "
-                f"{self.settings.bootstrap} did not acknowledge {len(futures)} message(s) within {timeout_s:.0f} s "
-                f"({type(exc).__name__})"
-            ) from exc
-        return len(futures)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                self._producer.close(timeout=2)
-            self._producer = None
+        topics = f"live topics {self.settings.risk_topic()}, {self.settings.alerts_topic()}"
+        return self._acknowledged(futures, timeout_s, topics)
 
 
 _DLQ_COLUMNS = ("key", "value", "headers", "reason", "detail", "topic", "partition", "offset", "kafka_timestamp")
