@@ -37,7 +37,16 @@ if TYPE_CHECKING:  # torch is imported when a network runs, not with this module
 ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntime as on an edge device
 # The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
 FORECAST_VITALS: dict[str, str] = dict(VITALS)
-__all__ = ["ENGINES", "HISTORY_SCHEMA", "Scorer", "assessment", "feature_matrix", "prune_history", "sequences"]
+__all__ = [
+    "ENGINES",
+    "HISTORY_SCHEMA",
+    "Scorer",
+    "assessment",
+    "conform_history",
+    "feature_matrix",
+    "prune_history",
+    "sequences",
+]
 # Per stream, the model input that counts its readings in a window (falls: detections are events, so a
 # window with any fall-stream message counts as one reading).
 _READINGS_OF: dict[str, str] = {**{s: f"{s}_count" for s in VITALS}, "fall": "fall_present"}
@@ -47,6 +56,15 @@ HISTORY_SCHEMA = pa.schema(
     [("patient_id", pa.string()), ("window_start", pa.timestamp("ms", tz="UTC"))]
     + [(f, pa.float64()) for f in MODEL_FEATURES]
 )
+
+
+def conform_history(history: pa.Table) -> pa.Table:
+    """A scoring context saved by an earlier version, as HISTORY_SCHEMA: inputs it lacks are missing (null)
+    for the hour it covers, inputs the model no longer reads are dropped."""
+    n = len(history)
+    have = set(history.column_names)
+    cols = [history.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type) for f in HISTORY_SCHEMA]
+    return pa.Table.from_arrays(cols, schema=HISTORY_SCHEMA)
 
 
 def model_inputs(windows: pa.Table) -> pa.Table:

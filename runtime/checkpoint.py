@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from models.scorer import HISTORY_SCHEMA
+from models.scorer import HISTORY_SCHEMA, conform_history
 from pipeline.alerts import AlertState
 from pipeline.errors import LakeNotWritable
 from pipeline.features import PARTIAL_SCHEMA
@@ -57,7 +57,7 @@ class FileCheckpoints:
         )
         return EngineState(
             window=window,
-            history=tables.get("history", HISTORY_SCHEMA.empty_table()),
+            history=conform_history(tables.get("history", HISTORY_SCHEMA.empty_table())),  # older versions' too
             offsets={k: int(v) for k, v in meta["offsets"].items()},
             seq=int(meta.get("seq", 0)),
             totals=Totals.from_dict(meta["totals"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,25 @@ def test_save_then_load_round_trips_the_engine_state(tmp_path: Path, tiny_checkp
     again = LakeEngine(tmp_path, tiny_checkpoint)
     redelivered = Topics().batch("heart_rate", range(30, 31), "P1", 0)
     assert again.process([redelivered]).counts.duplicates == 1
+
+
+def test_a_checkpoint_from_an_older_model_contract_loads_and_scores(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A state saved before the reading counts became model inputs (an upgrade): the run resumes and scores,
+    with the counts missing for the hour of context the old state covers."""
+    engine = run_batches(tmp_path, tiny_checkpoint)
+    saved = engine.snapshot()
+    older = saved.history.drop_columns([c for c in saved.history.column_names if c.endswith("_count")][:3])
+    assert older.schema != saved.history.schema
+    FileCheckpoints(tmp_path, "g", WindowConfig()).save(replace(saved, history=older))
+    loaded = FileCheckpoints(tmp_path, "g", WindowConfig()).load()
+    assert loaded is not None and loaded.history.schema == saved.history.schema
+    dropped = set(saved.history.column_names) - set(older.column_names)
+    assert all(loaded.history.column(c).null_count == len(older) for c in dropped)
+    resumed = LakeEngine(tmp_path, tiny_checkpoint)
+    topics = Topics()
+    topics.next["heart_rate", 0] = saved.offsets["vitals.heart_rate:0"]
+    out = resumed.process([topics.batch("heart_rate", range(33, 90), "P1", 0)], drain=True)
+    assert len(out.risk_scores) > 0
 
 
 def test_load_without_a_checkpoint_is_none(tmp_path: Path) -> None:
