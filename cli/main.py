@@ -313,6 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sim.broker import EmbeddedBroker
 
     settings = _settings(args, lake=args.lake, scoring_engine=args.engine)
+    fresh_demo_lake(settings.lake)
     with EmbeddedBroker() as broker:
         print(f"embedded broker at {broker.bootstrap}")
         n = _simulate_into(settings, broker.bootstrap, args.patients, args.hours, args.seed)
@@ -321,6 +322,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(summary, settings)
     _demo_report(settings)
     return 0 if summary["balanced"] else 1
+
+
+DEMO_MARK = ".vitalstream-demo"
+
+
+def fresh_demo_lake(lake: Path) -> None:
+    """The demo's broker is new every time, so the lake of an earlier demo (whose state checkpoint holds
+    offsets into that demo's topics) is replaced; a lake the demo did not write is refused, never deleted."""
+    import shutil
+
+    if lake.is_dir() and any(lake.iterdir()):
+        if not (lake / DEMO_MARK).is_file():
+            raise ConfigError(
+                f"{lake} holds data the demo did not write; the demo starts a fresh lake each time: "
+                "give it another --lake (or remove that directory)"
+            )
+        shutil.rmtree(lake)
+    lake.mkdir(parents=True, exist_ok=True)
+    (lake / DEMO_MARK).write_text("written by `vitalstream demo`: the next demo replaces this lake\n")
 
 
 def _print_summary(s: dict[str, Any], settings: Any) -> None:

@@ -94,3 +94,19 @@ def test_query_on_an_empty_lake_is_an_error_message_not_a_traceback(
 def test_query_on_an_empty_lake_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["query", "SELECT count(*) FROM risk_scores", "--lake", str(tmp_path)]) == 1
     one_error_line(capsys.readouterr().err)
+
+
+def test_the_demo_replaces_its_own_lake_and_refuses_anyone_elses(tmp_path: Path) -> None:
+    from cli.main import DEMO_MARK, fresh_demo_lake
+
+    demo = tmp_path / "demo"
+    fresh_demo_lake(demo)  # a new directory
+    (demo / "risk_scores").mkdir()
+    fresh_demo_lake(demo)  # an earlier demo's lake: replaced
+    assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARK]
+
+    other = tmp_path / "analysts"
+    (other / "risk_scores").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="the demo did not write"):
+        fresh_demo_lake(other)
+    assert (other / "risk_scores").is_dir()  # never deleted
