@@ -24,7 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 LOOKAHEAD_MS = 60 * 60_000  # the model's horizon: an alert may precede its event by this much
 AFTER_MS = 30 * 60_000  # or come while it lasts and shortly after
-MATCH = {"deterioration": None, "predicted_low_glucose": "hypoglycaemia"}
+MATCH = {
+    "deterioration": None,
+    "predicted_low_glucose": "hypoglycaemia",
+    "glucose_low": "hypoglycaemia",
+    "heart_rate_high": "cardiac",
+    "heart_rate_low": "cardiac",
+    "respiration_high": "respiratory",
+    "respiration_low": "respiratory",
+}
 
 
 def main() -> None:

@@ -50,10 +50,15 @@ def main() -> None:
             t0 = time.perf_counter()
             scores, _ = scorer.score(empty, windows)
             best = min(best, time.perf_counter() - t0)
-        risk[engine] = scores.column("risk_score").to_numpy()
+        risk[engine] = scores.column("risk_score").to_numpy(zero_copy_only=False).astype(float)  # null -> NaN
         print(f"  {engine:<6} {len(windows) / best:>12,.0f} windows scored/s   ({best:.2f} s for all)")
-    diff = float(np.abs(risk["torch"] - risk["onnx"]).max())
-    print(f"  largest |torch - onnx| risk_score difference: {diff:.2e}")
+    assessed = ~np.isnan(risk["torch"])
+    same_nulls = bool(np.array_equal(assessed, ~np.isnan(risk["onnx"])))
+    diff = float(np.abs(risk["torch"] - risk["onnx"])[assessed].max()) if assessed.any() else 0.0
+    print(
+        f"  largest |torch - onnx| risk_score difference: {diff:.2e} over {int(assessed.sum()):,} scored windows; "
+        f"the same {int((~assessed).sum()):,} insufficient_data windows: {same_nulls}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ ALERT_CONDITIONS: tuple[str, ...] = (
     "deterioration",
     "predicted_low_glucose",
     "sensor_silent",
+    # observed, not predicted: a window's own value in NEWS2's red band or at CGM level-1 hypoglycaemia
+    "heart_rate_high",
+    "heart_rate_low",
+    "respiration_high",
+    "respiration_low",
+    "glucose_low",
 )
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SILENT_STREAMS: tuple[str, ...] = ("glucose", "heart_rate", "respiration")
@@ -33,7 +39,7 @@ SILENT_STREAMS: tuple[str, ...] = ("glucose", "heart_rate", "respiration")
 @dataclass(frozen=True)
 class WindowRule:
     condition: str
-    column: str  # the risk_scores column read per window
+    column: str  # the risk_scores (prediction) or windows (observation) column read per window
     above: bool  # True: raise at value >= raise_at; False: raise at value < raise_at
     raise_at: float
     clear_at: float
@@ -127,10 +133,10 @@ def parse_policy(doc: Any) -> AlertPolicy:
 
 
 def _window_rule(name: str, spec: dict[str, Any], repeat_ms: int, severity: str) -> WindowRule:
-    columns = {c["name"] for c in output_schemas()["risk_scores"]}
+    columns = {c["name"] for t in ("risk_scores", "windows") for c in output_schemas()[t]}
     column = spec.get("column")
     if not isinstance(column, str) or column not in columns:
-        raise ValueError(f"{name}: column {column!r} is not a risk_scores column")
+        raise ValueError(f"{name}: column {column!r} is not a risk_scores or windows column")
     direction = spec.get("direction", "above")
     if direction not in ("above", "below"):
         raise ValueError(f"{name}: direction must be 'above' or 'below', not {direction!r}")

@@ -1,11 +1,13 @@
 """Alerts: raised once, repeated while nobody reacts, resolved when the patient recovers; policy as data.
 
 Semantics (`schemas/alert_policy.json` holds the numbers; `pipeline.alert_policy` reads and checks them):
-- Window conditions read one column of each scored window (a probability, the overall risk, the lower end
-  of the glucose forecast). A condition raises after `windows` consecutive windows at its raise level and
-  resolves at the first window past its clear level (hysteresis: clear sits below raise, or above it for
-  a "below" condition such as predicted low glucose). A null value (not assessed) neither raises, resolves
-  nor breaks a run of windows.
+- Window conditions read one column of each scored window: a prediction (a probability, the overall risk,
+  the lower end of the glucose forecast) or an observation (the window's mean heart rate, respiration rate
+  or glucose: the model predicts an event's onset, so an event under way is alerted on what is observed).
+  A condition raises after `windows` consecutive windows at its raise level and resolves at the first
+  window past its clear level (hysteresis: clear sits below raise, or above it for a "below" condition
+  such as predicted low glucose). A null value (not assessed, or no reading) neither raises, resolves nor
+  breaks a run of windows.
 - A fall alerts at once, from the fall reading in the batch that consumed it (confidence >= the policy's,
   a missing confidence counts as certain), not when its window closes. Further falls join the open alert;
   an acknowledged fall alert resolves after `clear_after_minutes` without another fall.
@@ -495,7 +497,7 @@ def _window_step(
     idx = state.index(scores.column("patient_id"))
     patients = scores.column("patient_id").to_pylist()
     for rule in policy.rules:
-        v = _floats(scores, rule.column)
+        v = _floats(scores if rule.column in scores.column_names else windows, rule.column)
         known = ~np.isnan(v)
         hit = known & ((v >= rule.raise_at) if rule.above else (v < rule.raise_at))
         clear = known & ((v < rule.clear_at) if rule.above else (v >= rule.clear_at))

@@ -301,6 +301,37 @@ def episode(policy: AlertPolicy, splits: list[int], restart_at: int | None = Non
     return sorted(out)
 
 
+def test_an_observed_red_vital_alerts_while_the_prediction_is_low_and_silence_does_not_resolve_it() -> None:
+    """The model predicts onsets; an event under way (HR in NEWS2's red band) alerts on the window's own
+    mean, whatever p(cardiac) says, and a silent sensor (null mean) neither resolves nor re-raises it."""
+    policy = parse_policy(
+        {
+            "version": "test.observed",
+            "conditions": {
+                "heart_rate_high": {
+                    "column": "heart_rate_bpm_mean",
+                    "raise": 131,
+                    "clear": 120,
+                    "windows": 1,
+                    "repeat_minutes": 10,
+                    "severity": "critical",
+                }
+            },
+        }
+    )
+    s = AlertState()
+    assert run(s, policy, 5, {"P1": {"p_cardiac": 0.1, "hr": 125}}) == []
+    scores, wins = window(10, {"P1": {"p_cardiac": 0.1, "hr": 160}})
+    (raised,) = evaluate(s, policy, scores, wins, NO_READINGS, {}, None, NOW).to_pylist()
+    assert (raised["condition"], raised["state"], raised["value"]) == ("heart_rate_high", "raised", 160.0)
+    assert raised["reason"] == "heart_rate_bpm_mean 160 >= 131"
+    assert run(s, policy, 15, {"P1": {"p_cardiac": 0.1}}) == []  # sensor silent: no mean, stays open
+    assert run(s, policy, 20, {"P1": {"hr": 118}}) == [
+        ("P1", "heart_rate_high", "repeated", 2),
+        ("P1", "heart_rate_high", "resolved", 3),
+    ]
+
+
 def test_the_same_events_whatever_the_batch_split_or_a_restart(policy: AlertPolicy) -> None:
     one = episode(policy, [12])
     assert one and {e[1] for e in one} == {"raised", "repeated", "resolved"}
@@ -328,6 +359,11 @@ def test_the_shipped_policy_loads() -> None:
         "respiratory",
         "deterioration",
         "predicted_low_glucose",
+        "heart_rate_high",
+        "heart_rate_low",
+        "respiration_high",
+        "respiration_low",
+        "glucose_low",
     }
     assert policy.fall is not None and policy.silence is not None
     assert policy.silence.after_ms == {"glucose": 15 * MIN, "heart_rate": 5 * MIN, "respiration": 5 * MIN}
@@ -345,7 +381,10 @@ def test_the_shipped_policy_loads() -> None:
             {"predicted_low_glucose": {**POLICY_DOC["conditions"]["predicted_low_glucose"], "clear": 60}},
             "clear threshold 60 is below",
         ),
-        ({"cardiac": {**POLICY_DOC["conditions"]["cardiac"], "column": "p_heart"}}, "not a risk_scores column"),
+        (
+            {"cardiac": {**POLICY_DOC["conditions"]["cardiac"], "column": "p_heart"}},
+            "not a risk_scores or windows column",
+        ),
         ({"cardiac": {**POLICY_DOC["conditions"]["cardiac"], "windows": 0}}, "windows must be an integer >= 1"),
         ({"cardiac": {**POLICY_DOC["conditions"]["cardiac"], "severity": "loud"}}, "severity must be one of"),
         ({"sepsis": {}}, "unknown condition(s) sepsis"),
