@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", choices=("torch", "onnx"), help="scoring engine (default: scoring_engine, torch)")
     r.set_defaults(handler=cmd_run, mode="until-idle")
 
-    t = sub.add_parser("train", help="train the risk model on simulated patients")
+    t = sub.add_parser("train", help="train the risk model on simulated patients and the real cohorts in data/real/")
     t.add_argument("--patients", type=int, default=600, help="simulated patients (default 600)")
     t.add_argument("--hours", type=float, default=12.0, help="hours per patient (default 12)")
     t.add_argument("--epochs", type=int, default=30, help="most epochs; early stopping may end sooner (default 30)")

@@ -812,22 +812,12 @@ def real_targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
     quiet = m["no_event_patients"]
     judged = quiet["patients"] > 0
     why = {} if judged else {"why": "no patient without events"}
-    out["no_event_high_share"] = {
-        "model": quiet["high_share"],
-        "required": 0.05,
-        "met": bool(quiet["high_share"] <= 0.05),
-        "judged": judged,
-    } | why
-    out["no_event_alerts_per_day"] = {
-        "model": quiet["alerts_per_patient_day"],
-        "required": 1.0,
-        "met": bool(quiet["alerts_per_patient_day"] <= 1.0),
-        "judged": judged,
-    } | why
-    out["ece"] = {
-        "model": m["calibration"]["ece"],
-        "required": 0.05,
-        "met": bool(m["calibration"]["ece"] <= 0.05),
-        "judged": True,
-    }
+    out["no_event_high_share"] = _at_most(quiet["high_share"], 0.05, judged) | why
+    out["no_event_alerts_per_day"] = _at_most(quiet["alerts_per_patient_day"], 1.0, judged) | why
+    out["ece"] = _at_most(m["calibration"]["ece"], 0.05, True)
     return out
+
+
+def _at_most(value: float, limit: float, judged: bool) -> dict[str, Any]:
+    """A target that a figure must not exceed."""
+    return {"model": value, "required": limit, "met": bool(value <= limit), "judged": judged}

@@ -142,3 +142,20 @@ def test_patient_bootstrap_interval_brackets_the_estimate() -> None:
     s = y + rng.normal(0, 1, 1000)
     lo, hi = ev.bootstrap_ci(patient, lambda r: ev.auroc(y[r], s[r]), reps=100)
     assert lo < ev.auroc(y, s) < hi and hi - lo < 0.15
+
+
+def test_real_targets_judge_each_figure_against_its_limit() -> None:
+    from models.evaluate import real_targets
+
+    head = {"model": {"auroc": 0.70}, "trend": {"auroc": 0.64}, "best_baseline": "trend", "enough_events": True}
+    m = {
+        "heads": {"any": head},
+        "no_event_patients": {"patients": 0, "high_share": 0.0, "alerts_per_patient_day": 0.0},
+        "calibration": {"ece": 0.08},
+    }
+    t = real_targets(m)
+    assert t["any_auroc"]["met"] and abs(t["any_auroc"]["required"] - 0.69) < 1e-9
+    assert t["hypoglycaemia_auroc"] == {"judged": False, "why": "not assessed in this cohort"}
+    assert not t["ece"]["met"] and t["ece"]["judged"]
+    quiet = t["no_event_high_share"]
+    assert quiet["judged"] is False and quiet["why"] == "no patient without events"
