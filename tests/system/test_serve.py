@@ -109,8 +109,9 @@ def test_the_scoring_deployment_flow_publishes_artifacts(tmp_path: Path) -> None
     by_key = {a.key: a for a in arts}
     assert summary["consumed"] == produced and summary["balanced"]
     table = json.loads(by_key["vitalstream-vitalstream-scoring-top-risk"].data)  # type: ignore[arg-type]
-    assert len(table) == 5 and {r["risk_level"] for r in table} <= {"low", "medium", "high"}
-    assert [r["risk_score"] for r in table] == sorted((r["risk_score"] for r in table), reverse=True)
+    assert len(table) == 5 and {r["risk_level"] for r in table} <= {"low", "medium", "high", "insufficient_data"}
+    ranked = [r["risk_score"] for r in table if r["risk_score"] is not None]  # not assessed: listed last
+    assert [r["risk_score"] for r in table] == sorted(ranked, reverse=True) + [None] * (len(table) - len(ranked))
     md = str(by_key["vitalstream-vitalstream-scoring-run-summary"].data)
     assert f"| {produced:,} |" in md and "### Quarantined by reason" in md
     assert "total **0**" in md  # drained: nothing left in Kafka beyond the checkpoint
