@@ -27,7 +27,14 @@ from torch import nn
 
 from models.paths import DEFAULT_CHECKPOINT  # re-exported: its home does not import torch
 from pipeline.features import VITALS
-from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, ModelContract, sensor_configuration
+from pipeline.model_contract import (
+    CONDITION_STREAMS,
+    CONDITIONS,
+    HEADS,
+    MODEL_FEATURES,
+    ModelContract,
+    sensor_configuration,
+)
 
 
 def _pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
@@ -56,8 +63,41 @@ class LSTMConfig:
     # means (per window step) over the windows of the context so far that hold it. A CGM every 5 minutes puts
     # one reading in each window, where the within-window slope is missing: the trend is across windows.
     trend_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
+    # With N > 0, the same trends again over the last N windows only (a recent turn is not averaged away by
+    # an hour of history): the 30-minute extrapolation a clinician reads off a CGM. 0: none (older checkpoints).
+    recent_trend_windows: int = 0
+    # A linear map from the last step's inputs (with the derived ones below) straight to the risk logits,
+    # beside the LSTM's head: "last value plus trend" is one linear combination away instead of something
+    # the recurrent layers must rediscover from a simulator-heavy mix. Each condition's map reads only its
+    # own stream's inputs (`_input_streams`; the overall head reads all): a pattern across streams that only
+    # the simulator has cannot enter this way. False in older checkpoints.
+    skip: bool = False
+    skip_hidden: int = 0  # > 0: the skip path is a small MLP per head (this many units), still own-stream only
+    # Inputs added inside the network: each vital's last value carried forward from the latest window of the
+    # context that holds it, and how many windows ago that was (over the context length). A 15-minute CGM
+    # or an hourly chart leaves most windows without the value, where the window's own columns say nothing.
+    # Empty in older checkpoints.
+    carry_pairs: tuple[tuple[int, int], ...] = ()
     # Forecast targets: each vital's window mean, masked by its presence flag.
     forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
+
+
+def _stream_of(feature: str) -> str:
+    """The stream a model feature describes (`glucose_mg_dl_mean` -> glucose, `fall_count` -> fall)."""
+    for stream, prefix in VITALS.items():
+        if feature.startswith((prefix, f"{stream}_")):
+            return stream
+    return feature.split("_")[0]
+
+
+def _input_streams(cfg: LSTMConfig) -> list[str]:
+    """The stream of each of the network's inputs, in `RiskLSTM.inputs` order."""
+    names = MODEL_FEATURES[: cfg.n_features]
+    out = [_stream_of(n) for n in names]
+    out += [_stream_of(names[f]) for f, _ in cfg.baseline_pairs]
+    out += [_stream_of(names[f]) for f, _ in cfg.trend_pairs] * (2 if cfg.recent_trend_windows > 0 else 1)
+    out += [_stream_of(names[f]) for f, _ in cfg.carry_pairs] * 2
+    return out
 
 
 class RiskLSTM(nn.Module):
@@ -76,8 +116,15 @@ class RiskLSTM(nn.Module):
         self.trend_present: torch.Tensor
         self.register_buffer("trend_value", trend[:, 0].clone(), persistent=False)
         self.register_buffer("trend_present", trend[:, 1].clone(), persistent=False)
+        carry = torch.tensor(cfg.carry_pairs, dtype=torch.long).reshape(-1, 2)
+        self.carry_value: torch.Tensor
+        self.carry_present: torch.Tensor
+        self.register_buffer("carry_value", carry[:, 0].clone(), persistent=False)
+        self.register_buffer("carry_present", carry[:, 1].clone(), persistent=False)
+        n_trends = len(cfg.trend_pairs) * (2 if cfg.recent_trend_windows > 0 else 1)
+        n_in = cfg.n_features + len(cfg.baseline_pairs) + n_trends + 2 * len(cfg.carry_pairs)
         self.lstm = nn.LSTM(
-            cfg.n_features + len(cfg.baseline_pairs) + len(cfg.trend_pairs),
+            n_in,
             cfg.hidden,
             num_layers=cfg.layers,
             batch_first=True,
@@ -85,9 +132,21 @@ class RiskLSTM(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden, len(cfg.heads))
         self.forecast = nn.Linear(cfg.hidden, 2 * len(cfg.forecast_pairs))
+        streams = _input_streams(cfg)
+        own = [[h not in CONDITION_STREAMS or s == CONDITION_STREAMS[h] for s in streams] for h in cfg.heads]
+        mask = torch.tensor(own, dtype=torch.float32)  # [heads, inputs]
+        k, n_heads = cfg.skip_hidden, len(cfg.heads)
+        self.skip_hidden = nn.Linear(n_in, n_heads * k) if cfg.skip and k > 0 else None
+        self.skip = nn.Linear(n_heads * k if k > 0 else n_in, n_heads, bias=False) if cfg.skip else None
+        self.skip_mask: torch.Tensor  # what each head's skip reads: its own inputs, or its own hidden units
+        self.hidden_mask: torch.Tensor  # each hidden unit reads its head's own-stream inputs
+        blocks = torch.eye(n_heads).repeat_interleave(k, dim=1) if k > 0 else mask
+        self.register_buffer("skip_mask", blocks, persistent=False)
+        self.register_buffer("hidden_mask", mask.repeat_interleave(max(k, 1), dim=0), persistent=False)
 
-    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [batch, L, n_features] -> LSTM outputs [batch, L, hidden] (causal: step t sees windows <= t)."""
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, L, n_features] -> the LSTM's inputs: x with the derived inputs (deviation from the
+        patient's own earlier windows, trends) appended."""
         if len(self.cfg.baseline_pairs):
             value = x.index_select(2, self.base_value)
             present = x.index_select(2, self.base_present)
@@ -99,21 +158,56 @@ class RiskLSTM(nn.Module):
             x_in = x
         if len(self.cfg.trend_pairs):
             x_in = torch.cat([x_in, self.trends(x)], dim=2)
-        x = x_in
+            if self.cfg.recent_trend_windows > 0:
+                x_in = torch.cat([x_in, self.trends(x, self.cfg.recent_trend_windows)], dim=2)
+        if len(self.cfg.carry_pairs):
+            x_in = torch.cat([x_in, self.carried(x)], dim=2)
+        return x_in
+
+    def carried(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, L, 2K]: per step, each carry vital's value in the latest window up to that step that holds
+        it (0 before the first), then its age in windows over L (1 before the first). A loop over the L steps:
+        short, causal, and exportable to ONNX."""
+        v = x.index_select(2, self.carry_value)
+        w = x.index_select(2, self.carry_present)
+        last, age = torch.zeros_like(v[:, 0]), torch.full_like(v[:, 0], float(x.shape[1]))
+        values, ages = [], []
+        for t in range(x.shape[1]):
+            seen = w[:, t] > 0
+            last = torch.where(seen, v[:, t], last)
+            age = torch.where(seen, torch.zeros_like(age), age + 1.0)
+            values.append(last)
+            ages.append(age.clamp(max=float(x.shape[1])) / x.shape[1])
+        return torch.cat([torch.stack(values, dim=1), torch.stack(ages, dim=1)], dim=2)
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, L, n_features] -> LSTM outputs [batch, L, hidden] (causal: step t sees windows <= t)."""
+        return self.recurrent(self.inputs(x))
+
+    def recurrent(self, x: torch.Tensor) -> torch.Tensor:
+        """The LSTM over inputs already extended by `inputs`."""
         # explicit zero state with the batch's size: the ONNX graph then takes any batch size
         h0 = x.new_zeros((self.cfg.layers, x.shape[0], self.cfg.hidden))
         out, _ = self.lstm(x, (h0, h0))
         return out
 
-    def trends(self, x: torch.Tensor) -> torch.Tensor:
+    def trends(self, x: torch.Tensor, span: int = 0) -> torch.Tensor:
         """[batch, L, K]: per step, the slope of each trend vital over the present windows up to that step
-        (0 with fewer than two), from cumulative sums (causal, and exportable to ONNX)."""
+        (with `span` > 0: among the last `span` steps only; 0 with fewer than two), from cumulative sums
+        (causal, and exportable to ONNX)."""
         v = x.index_select(2, self.trend_value)
         w = x.index_select(2, self.trend_present)
         s = torch.arange(x.shape[1], dtype=x.dtype, device=x.device).reshape(1, -1, 1)
-        n = torch.cumsum(w, dim=1)
-        s_vs, s_s = torch.cumsum(w * v * s, dim=1), torch.cumsum(w * s, dim=1)
-        s_v, s_ss = torch.cumsum(w * v, dim=1), torch.cumsum(w * s * s, dim=1)
+
+        def total(a: torch.Tensor) -> torch.Tensor:
+            c = torch.cumsum(a, dim=1)
+            if 0 < span < x.shape[1]:  # minus the sum up to `span` steps back: a moving sum
+                c = c - torch.cat([torch.zeros_like(c[:, :span]), c[:, :-span]], dim=1)
+            return c
+
+        n = total(w)
+        s_vs, s_s = total(w * v * s), total(w * s)
+        s_v, s_ss = total(w * v), total(w * s * s)
         den = n * s_ss - s_s * s_s
         ok = (n >= 2).to(x.dtype) * (den > 1e-6).to(x.dtype)
         return ok * (n * s_vs - s_s * s_v) / torch.where(den > 1e-6, den, torch.ones_like(den))
@@ -123,10 +217,20 @@ class RiskLSTM(nn.Module):
 
         forecast[:, 0] predicts the last window (from the windows before it), forecast[:, 1] the next one;
         each row holds K means then K log-variances, in normalised units."""
-        out = self.hidden_states(x)
-        logits: torch.Tensor = self.head(out[:, -1])
+        x_in = self.inputs(x)
+        out = self.recurrent(x_in)
         forecast: torch.Tensor = self.forecast(out[:, -2:])
-        return logits, forecast
+        return self.risk_logits(x_in, out), forecast
+
+    def risk_logits(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The risk logits [batch, heads] from the last step: the LSTM's head, plus the linear skip."""
+        logits: torch.Tensor = self.head(out[:, -1])
+        if self.skip is not None:
+            z = x_in[:, -1]
+            if self.skip_hidden is not None:
+                z = torch.relu(z @ (self.skip_hidden.weight * self.hidden_mask).T + self.skip_hidden.bias)
+            logits = logits + z @ (self.skip.weight * self.skip_mask).T
+        return logits
 
 
 @dataclass
@@ -232,7 +336,12 @@ class Checkpoint:
         doc = {k: v for k, v in asdict(self).items() if k not in ("config", "state_dict", "digest")}
         if not doc["isotonic_by_config"]:
             del doc["isotonic_by_config"]  # absent in checkpoints from before sensor configurations
-        doc["config"] = asdict(self.config)
+        config = asdict(self.config)
+        # absent in checkpoints from before these inputs: their digests stay valid
+        for name in ("recent_trend_windows", "skip", "skip_hidden", "carry_pairs"):
+            if not config[name]:
+                del config[name]
+        doc["config"] = config
         return doc
 
     def compute_digest(self) -> str:

@@ -30,7 +30,7 @@ from models import evaluate as ev
 from models.cohorts import cohort_file, load_cohort
 from models.evaluate import Split
 from models.labels import window_labels
-from models.lstm import Checkpoint, LSTMConfig, RiskLSTM
+from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, _pairs
 from models.scorer import assessment, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
 from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, RiskLevels, sensor_configuration
@@ -58,6 +58,12 @@ class TrainConfig:
     hidden: int = 32
     layers: int = 2
     forecast_weight: float = 0.2  # weight of the forecast NLL beside the risk BCE
+    recent_trend_windows: int = 6  # LSTMConfig.recent_trend_windows: trends over the last 30 minutes too
+    skip: bool = True  # LSTMConfig.skip: a linear path from the last window's inputs to the risk logits
+    skip_hidden: int = 0  # LSTMConfig.skip_hidden
+    carry: bool = True  # LSTMConfig.carry_pairs: each vital's last value carried forward, and its age
+    real_weight: float = 1.0  # loss weight of a real cohort's window relative to a simulated one
+    sim_glucose_weight: float = 1.0  # loss weight of simulated windows on the glucose heads
     # "conditions": the overall risk combines the assessed conditions (what a sensor configuration needs);
     # "head" or "auto" (the better on validation AUROC) for the any-event head
     any_source: str = "conditions"
@@ -232,12 +238,24 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     )
     # model, optimiser and the loss
     mcfg = LSTMConfig(
-        hidden=cfg.hidden, layers=cfg.layers, window_count=cfg.window_count, horizon_minutes=cfg.horizon_minutes
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        window_count=cfg.window_count,
+        horizon_minutes=cfg.horizon_minutes,
+        recent_trend_windows=cfg.recent_trend_windows,
+        skip=cfg.skip,
+        skip_hidden=cfg.skip_hidden,
+        carry_pairs=_pairs(("last",)) if cfg.carry else (),
     )
     model = RiskLSTM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tr, va = splits["train"], splits["val"]
     m_tr, m_va = ev.head_mask(tr).astype(np.float32), ev.head_mask(va).astype(np.float32)
+    for split, m in ((tr, m_tr), (va, m_va)):
+        if split.source is not None:
+            m *= np.where(split.source == SIM, 1.0, cfg.real_weight).astype(np.float32)[:, None]
+            for head in ("hypoglycaemia", "hyperglycaemia"):
+                m[split.source == SIM, HEADS.index(head)] *= cfg.sim_glucose_weight
     pos = ((tr.y * m_tr).sum(axis=0) / np.maximum(m_tr.sum(axis=0), 1)).clip(1e-3, 0.5)
     # sqrt of the class ratio: rare heads get gradient without flooding the loss; calibration undoes it
     bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32), reduction="none")
@@ -248,8 +266,9 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     def loss_of(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Risk BCE over the heads each window assesses (a condition without its sensor teaches nothing),
         plus the forecast NLL."""
-        out = model.hidden_states(x)
-        risk = (bce(model.head(out[:, -1]), y) * w).sum() / w.sum().clamp(min=1.0)
+        x_in = model.inputs(x)
+        out = model.recurrent(x_in)
+        risk = (bce(model.risk_logits(x_in, out), y) * w).sum() / w.sum().clamp(min=1.0)
         return risk + cfg.forecast_weight * _forecast_loss(model, out, x)
 
     def truncated(x: torch.Tensor) -> torch.Tensor:

@@ -238,3 +238,47 @@ def test_the_network_sees_each_vitals_trend_across_windows() -> None:
     slope = net.trends(x)[0, :, k].tolist()
     assert slope[:2] == [0.0, 0.0]  # one point: no trend
     assert slope[2] == pytest.approx(0.5) and slope[4] == pytest.approx(np.polyfit([0, 2, 3, 4], [1, 2, 2.5, 3], 1)[0])
+
+
+def test_the_network_sees_the_recent_trend_and_each_vitals_last_value_carried_forward() -> None:
+    from models.lstm import _pairs
+
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=6, recent_trend_windows=3, carry_pairs=_pairs(("last",)))
+    net = RiskLSTM(cfg)
+    x = torch.zeros(1, 6, len(MODEL_FEATURES))
+    (f, p), (lf, _) = cfg.trend_pairs[0], cfg.carry_pairs[0]  # glucose mean, glucose last, presence
+    for step, value in ((0, 5.0), (1, 4.0), (3, 1.0), (4, 2.0)):  # a fall, then a turn; windows 2 and 5 missing
+        x[0, step, f], x[0, step, lf], x[0, step, p] = value, value + 0.5, 1.0
+    recent = net.trends(x, 3)[0, :, 0].tolist()
+    assert recent[1] == pytest.approx(-1.0)  # windows 0-1
+    assert recent[4] == pytest.approx(1.0)  # windows 2-4: only 3 and 4 hold glucose, the fall before is not seen
+    assert recent[5] == pytest.approx(1.0) and net.trends(x)[0, 5, 0] < 0  # the whole context still falls
+    carried = net.carried(x)[0]
+    k = len(cfg.carry_pairs)
+    assert carried[:, 0].tolist() == pytest.approx([5.5, 4.5, 4.5, 1.5, 2.5, 2.5])  # value, carried over gaps
+    assert carried[:, k].tolist() == pytest.approx([0, 0, 1 / 6, 0, 0, 1 / 6])  # windows since, over L
+    assert net.carried(torch.zeros(1, 6, len(MODEL_FEATURES)))[0, :, k].tolist() == pytest.approx([1.0] * 6)
+
+
+@pytest.mark.parametrize("hidden", [0, 3])  # a linear skip, and a small MLP per head
+def test_a_conditions_skip_path_reads_only_its_own_streams_inputs(hidden: int) -> None:
+    from models.lstm import _pairs
+
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=4, recent_trend_windows=2, skip=True, skip_hidden=hidden)
+    cfg.carry_pairs = _pairs(("last",))
+    net = RiskLSTM(cfg)
+    with torch.no_grad():
+        net.head.weight.zero_()  # only the skip path speaks
+        net.head.bias.zero_()
+        net.skip.weight.fill_(1.0)  # type: ignore[union-attr]
+        if net.skip_hidden is not None:
+            net.skip_hidden.weight.fill_(1.0)
+    x = torch.rand(1, 4, len(MODEL_FEATURES))
+    y = x.clone()
+    hr = [i for i, name in enumerate(MODEL_FEATURES) if name.startswith("heart_rate")]
+    y[:, :, hr] += 3.0
+    with torch.no_grad():
+        a, b = net(x)[0][0].tolist(), net(y)[0][0].tolist()
+    i = {h: HEADS.index(h) for h in ("any", "hypoglycaemia", "cardiac")}
+    assert a[i["hypoglycaemia"]] == pytest.approx(b[i["hypoglycaemia"]])  # glucose inputs only
+    assert b[i["cardiac"]] > a[i["cardiac"]] and b[i["any"]] > a[i["any"]]
