@@ -62,7 +62,7 @@ class TrainConfig:
     skip: bool = True  # LSTMConfig.skip: a linear path from the last window's inputs to the risk logits
     skip_hidden: int = 0  # LSTMConfig.skip_hidden
     carry: bool = True  # LSTMConfig.carry_pairs: each vital's last value carried forward, and its age
-    real_weight: float = 1.0  # loss weight of a real cohort's window relative to a simulated one
+    real_weight: float = 5.0  # loss weight of a real cohort's window relative to a simulated one
     sim_glucose_weight: float = 1.0  # loss weight of simulated windows on the glucose heads
     # "conditions": the overall risk combines the assessed conditions (what a sensor configuration needs);
     # "head" or "auto" (the better on validation AUROC) for the any-event head
