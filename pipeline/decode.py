@@ -354,7 +354,7 @@ def _normalise(table: pa.Table, src: np.ndarray, batch: RawBatch, contract: Stre
         table.append_column("key", batch.key_array().take(src))
         .append_column("event_time", event_time)
         .append_column("clock_skew_s", skew_s)
-        .append_column("topic", pa.array(np.full(len(src), batch.topic, dtype=object), pa.string()))
+        .append_column("topic", pa.repeat(pa.scalar(batch.topic, pa.string()), len(src)))
         .append_column("partition", pa.array(batch.partitions[src], pa.int32()))
         .append_column("offset", pa.array(batch.offsets[src], pa.int64()))
         .append_column("kafka_timestamp", kafka_ts.cast(pa.timestamp("ms", tz="UTC")))

@@ -27,6 +27,11 @@ from runtime.checkpoint import FileCheckpoints
 from runtime.engine import BatchOutput, EngineConfig
 from runtime.loop import LoopConfig, Mode, RunSummary, run
 
+# PyTorch's threads in a scoring run: one. The consumer process works on another core at the same time, and
+# a second PyTorch thread contending with it made the network 35 times slower (0.69 s instead of 18 ms per
+# 2,000 windows on 2 busy cores; docs/performance.md); one thread scores about 100,000 windows/s.
+SCORING_THREADS = 1
+
 
 def build_scorer(settings: Settings) -> Scorer:
     """The scorer the settings ask for; ModelError (one line, what to do) when it cannot be built."""
@@ -43,6 +48,7 @@ def build_scorer(settings: Settings) -> Scorer:
             engine=settings.scoring_engine,
             onnx_path=onnx_path,
             window_ms=settings.window().window_ms,
+            threads=SCORING_THREADS,
         )
     except FileNotFoundError as exc:
         raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
