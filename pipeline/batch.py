@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pipeline.decode import Decoded
 
 
 @dataclass
@@ -22,6 +26,9 @@ class RawBatch:
     timestamps_ms: np.ndarray  # int64, Kafka record timestamps
     headers: dict[int, list[tuple[str, bytes | None]]] = field(default_factory=dict)  # position -> Kafka headers
     _keys: pa.Array | None = field(default=None, repr=False)
+    # The decoder's output for these messages when the consumer process has decoded them already, one batch
+    # ahead on the other core (pipeline.consumer_process; `decoded_batch`); None: the engine decodes them.
+    decoded: Decoded | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keys, pa.Array):

@@ -51,6 +51,12 @@ class Decoded:
     rejected_detail: list[str]
 
 
+def decoded_batch(batch: RawBatch, contract: StreamContract) -> Decoded:
+    """The batch's decoded messages: what the consumer process decoded ahead (RawBatch.decoded), else decoded
+    now. `decode` is a pure function of the batch's bytes, so both give the same tables."""
+    return batch.decoded if batch.decoded is not None else decode(batch, contract)
+
+
 def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
     n = len(batch)
     ok_mask, is_iso = _scan(batch.values, contract)
