@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from pipeline.decode import Decoded
+
+@dataclass
+class Decoded:
+    """A RawBatch's messages decoded (pipeline.decode): rows that decoded (stream columns + key, event_time,
+    clock_skew_s + META) and rows that did not."""
+
+    table: pa.Table
+    rejected_src: np.ndarray  # int32 positions in the RawBatch
+    rejected_reason: list[str]
+    rejected_detail: list[str]
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from pipeline.batch import RawBatch
+from pipeline.batch import Decoded, RawBatch
 from pipeline.contract import StreamContract
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -39,16 +38,6 @@ META_SCHEMA = pa.schema(
         ("src", pa.int32()),
     ]
 )
-
-
-@dataclass
-class Decoded:
-    """Rows that decoded (stream columns + key, event_time, clock_skew_s + META) and rows that did not."""
-
-    table: pa.Table
-    rejected_src: np.ndarray  # int32 positions in the RawBatch
-    rejected_reason: list[str]
-    rejected_detail: list[str]
 
 
 def decoded_batch(batch: RawBatch, contract: StreamContract) -> Decoded:
