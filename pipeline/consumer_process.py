@@ -31,6 +31,7 @@ from typing import Any
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
+from pipeline.memory import release_memory, use_jemalloc
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
 # and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
@@ -135,6 +136,7 @@ def _child_main(data: Connection, control: Connection) -> None:
     consumer: StreamConsumer | None = None
     try:
         settings, group, max_batch_records, offsets, timeout_s = control.recv()
+        use_jemalloc()  # as in the pipeline: freed batch buffers go back to the OS (release_memory below)
         consumer = StreamConsumer(settings, group, max_batch_records)
         consumer.resume_from(offsets)
         assigned = consumer.wait_for_assignment(timeout_s)
@@ -154,6 +156,8 @@ def _child_main(data: Connection, control: Connection) -> None:
             # An empty poll may mean "caught up" or "broker not answering": only a request tells them apart.
             reachable = bool(raw) or consumer.reachable()
             data.send(("batch", (raw, consumer.lagging(), reachable)))
+            del raw
+            release_memory()
     except (EOFError, BrokenPipeError):
         return  # the parent went away
     except VitalStreamError as exc:

@@ -30,7 +30,6 @@ the small protocols below (runtime.wiring plugs in the real ones; tests use in-m
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 import uuid
@@ -43,6 +42,7 @@ import pyarrow as pa
 from models.scorer import Scorer
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
+from pipeline.memory import release_memory
 from runtime.engine import BatchOutput, Engine, EngineConfig, EngineState, Totals
 
 Mode = Literal["until-idle", "drain", "follow"]
@@ -326,26 +326,6 @@ class Outage:
             self.longest_s = max(self.longest_s, lasted)
             self.logger.warning("%s answers again after %.1f s", self.broker, lasted)
         self.since, self.tries = None, 0
-
-
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _glibc_malloc_trim()
-
-
-def release_memory() -> None:
-    """Memory the batch freed, back to the OS: Arrow's pool, and the C heap, where NumPy's arrays live. glibc
-    serves large arrays from its heap once freed ones have raised its mmap threshold, and keeps the freed
-    pages unless trimmed (docs/performance.md)."""
-    pa.default_memory_pool().release_unused()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def new_id() -> str:

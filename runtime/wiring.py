@@ -5,14 +5,11 @@ Parquet lake, the state checkpoint, the scorer). No Prefect here: `flows.scoring
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, cast
-
-import pyarrow as pa
 
 from models.paths import DEFAULT_CHECKPOINT
 from models.scorer import Scorer
@@ -21,6 +18,7 @@ from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.errors import ModelError
 from pipeline.kafka_io import DeadLetters, LiveTopics, check_reachable
+from pipeline.memory import use_jemalloc
 from pipeline.privacy import key_from_env
 from pipeline.sink import ParquetLake, ensure_writable, restrict_permissions
 from runtime.checkpoint import FileCheckpoints
@@ -106,15 +104,6 @@ def preflight(settings: Settings, bootstrap: str) -> None:
     if settings.onnx_path is not None and not settings.onnx_path.exists():
         raise ModelError(f"ONNX model {settings.onnx_path} not found (write it with `vitalstream export-onnx`)")
     check_reachable(settings.kafka(bootstrap))
-
-
-def use_jemalloc() -> None:
-    """Arrow's jemalloc pool, unless ARROW_DEFAULT_MEMORY_POOL says otherwise: it returns freed batch memory
-    to the OS between batches, which keeps a long run's peak memory lowest (see docs/performance.md)."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    with contextlib.suppress(NotImplementedError):
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def run_scoring(
