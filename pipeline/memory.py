@@ -1,17 +1,14 @@
-"""Memory a process hands back to the OS between batches: Arrow's pool and the C heap.
+"""Memory a process hands back to the OS between batches.
 
 Both processes of a run (the pipeline and its consumer process) allocate and free a micro-batch's worth of
-buffers per batch. Arrow's jemalloc pool returns freed memory when asked (`release_unused`); glibc serves
-large NumPy arrays from its heap once freed ones have raised its mmap threshold, and keeps freed heap pages
-unless trimmed. docs/performance.md has the figures.
+Arrow buffers per batch; Arrow's jemalloc pool returns freed memory when asked (`release_unused`), which
+its default pool (mimalloc) does less. docs/performance.md has the figures.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -25,19 +22,7 @@ def use_jemalloc() -> None:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _glibc_malloc_trim()
-
-
 def release_memory() -> None:
-    """Memory freed since the last call, back to the OS: Arrow's pool, then the C heap (glibc)."""
+    """Arrow memory freed since the last call, back to the OS. (Trimming glibc's heap as well, with
+    malloc_trim, was measured at 50,000 patients: no lower peak, more CPU; docs/performance.md.)"""
     pa.default_memory_pool().release_unused()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
