@@ -144,6 +144,7 @@ class Scorer:
         engine: str = "torch",
         onnx_path: Path | None = None,
         window_ms: int = 300_000,
+        threads: int | None = None,
     ) -> None:
         problem = checkpoint.contract().mismatch(window_ms)
         if problem is not None:
@@ -162,6 +163,9 @@ class Scorer:
         self.batch_size = batch_size
         self.length = checkpoint.config.window_count
         self.window_ms = window_ms
+        # PyTorch's intra-op threads for the network (None: PyTorch's default, one per core). Set in the
+        # thread that runs the network: OpenMP keeps the setting per thread.
+        self.threads = threads
 
     def network(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[N, L, F] -> raw network outputs (logits [N, heads], forecast [N, 2, 2K]), in chunks."""
@@ -175,6 +179,8 @@ class Scorer:
             else:
                 import torch
 
+                if self.threads is not None and torch.get_num_threads() != self.threads:
+                    torch.set_num_threads(self.threads)
                 with torch.inference_mode():
                     lo_t, fc_t = self.net(torch.from_numpy(chunk))
                 lo, fc = lo_t.numpy(), fc_t.numpy()

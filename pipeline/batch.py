@@ -9,6 +9,17 @@ import pyarrow as pa
 
 
 @dataclass
+class Decoded:
+    """A RawBatch's messages decoded (pipeline.decode): rows that decoded (stream columns + key, event_time,
+    clock_skew_s + META) and rows that did not."""
+
+    table: pa.Table
+    rejected_src: np.ndarray  # int32 positions in the RawBatch
+    rejected_reason: list[str]
+    rejected_detail: list[str]
+
+
+@dataclass
 class RawBatch:
     """Messages of one topic, as columns: keys and values are binary Arrow arrays of the original bytes
     (lists of bytes are converted)."""
@@ -22,6 +33,9 @@ class RawBatch:
     timestamps_ms: np.ndarray  # int64, Kafka record timestamps
     headers: dict[int, list[tuple[str, bytes | None]]] = field(default_factory=dict)  # position -> Kafka headers
     _keys: pa.Array | None = field(default=None, repr=False)
+    # The decoder's output for these messages when the consumer process has decoded them already, one batch
+    # ahead on the other core (pipeline.consumer_process; `decoded_batch`); None: the engine decodes them.
+    decoded: Decoded | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keys, pa.Array):

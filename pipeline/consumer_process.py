@@ -3,7 +3,8 @@
 Fetching and decoding records (in bulk: pipeline/kafka_fetch.py) holds the GIL for part of the time, so a
 thread would overlap less with the pipeline's work than a child process does (docs/performance.md). The
 child owns the group membership and the KafkaConsumer; it polls, turns each poll
-into per-topic RawBatches of Arrow arrays (cheap to pickle: a few buffers, not a million objects), and
+into per-topic RawBatches of Arrow arrays (cheap to pickle: a few buffers, not a million objects), decodes
+their JSON (pipeline.decode, the pipeline's first stage, which would otherwise run in the busier parent), and
 sends them through a pipe together with the partitions still lagging after that poll. The pipe's send
 blocks while the parent is busy, so at most one batch waits: memory stays bounded and back-pressure
 reaches Kafka as a slower fetch. Commits go the other way, on a control pipe, and are made before the
@@ -30,6 +31,7 @@ from typing import Any
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
 from pipeline.kafka_io import KafkaSettings, StreamConsumer
+from pipeline.memory import release_memory, use_jemalloc
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
 # and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
@@ -134,6 +136,7 @@ def _child_main(data: Connection, control: Connection) -> None:
     consumer: StreamConsumer | None = None
     try:
         settings, group, max_batch_records, offsets, timeout_s = control.recv()
+        use_jemalloc()  # as in the pipeline: freed batch buffers go back to the OS (release_memory below)
         consumer = StreamConsumer(settings, group, max_batch_records)
         consumer.resume_from(offsets)
         assigned = consumer.wait_for_assignment(timeout_s)
@@ -149,10 +152,12 @@ def _child_main(data: Connection, control: Connection) -> None:
                 pending = payload
             if pending:
                 consumer.commit(pending)
-            raw = consumer.poll_batch()
+            raw = decode_ahead(consumer.poll_batch())
             # An empty poll may mean "caught up" or "broker not answering": only a request tells them apart.
             reachable = bool(raw) or consumer.reachable()
             data.send(("batch", (raw, consumer.lagging(), reachable)))
+            del raw
+            release_memory()
     except (EOFError, BrokenPipeError):
         return  # the parent went away
     except VitalStreamError as exc:
@@ -163,6 +168,23 @@ def _child_main(data: Connection, control: Connection) -> None:
         if consumer is not None:
             with contextlib.suppress(Exception):  # the broker may be gone: leave without a fuss
                 consumer.close()
+
+
+def decode_ahead(raw: list[RawBatch]) -> list[RawBatch]:
+    """Decode each vitals batch here, on the consumer's core, while the pipeline still works on the batch
+    before (RawBatch.decoded; the engine uses it instead of decoding). The decoder is a pure function of the
+    bytes, so the tables are the ones the engine would make. Should decoding fail, the batch goes as it came
+    and the engine's own decode meets the same failure in the pipeline, where it is reported."""
+    from pipeline.contract import STREAMS, stream_contract
+    from pipeline.decode import decode
+
+    for batch in raw:
+        if batch.stream in STREAMS and batch.decoded is None:
+            try:
+                batch.decoded = decode(batch, stream_contract(batch.stream))
+            except Exception:  # raised again by the engine, as itself
+                batch.decoded = None
+    return raw
 
 
 def _send_error(data: Connection, exc: Exception) -> None:

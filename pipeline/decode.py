@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from pipeline.batch import RawBatch
+from pipeline.batch import Decoded, RawBatch
 from pipeline.contract import StreamContract
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -41,14 +40,10 @@ META_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class Decoded:
-    """Rows that decoded (stream columns + key, event_time, clock_skew_s + META) and rows that did not."""
-
-    table: pa.Table
-    rejected_src: np.ndarray  # int32 positions in the RawBatch
-    rejected_reason: list[str]
-    rejected_detail: list[str]
+def decoded_batch(batch: RawBatch, contract: StreamContract) -> Decoded:
+    """The batch's decoded messages: what the consumer process decoded ahead (RawBatch.decoded), else decoded
+    now. `decode` is a pure function of the batch's bytes, so both give the same tables."""
+    return batch.decoded if batch.decoded is not None else decode(batch, contract)
 
 
 def decode(batch: RawBatch, contract: StreamContract) -> Decoded:
@@ -354,7 +349,7 @@ def _normalise(table: pa.Table, src: np.ndarray, batch: RawBatch, contract: Stre
         table.append_column("key", batch.key_array().take(src))
         .append_column("event_time", event_time)
         .append_column("clock_skew_s", skew_s)
-        .append_column("topic", pa.array(np.full(len(src), batch.topic, dtype=object), pa.string()))
+        .append_column("topic", pa.repeat(pa.scalar(batch.topic, pa.string()), len(src)))
         .append_column("partition", pa.array(batch.partitions[src], pa.int32()))
         .append_column("offset", pa.array(batch.offsets[src], pa.int64()))
         .append_column("kafka_timestamp", kafka_ts.cast(pa.timestamp("ms", tz="UTC")))

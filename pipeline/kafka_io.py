@@ -233,16 +233,22 @@ class LiveTopics(_AcknowledgedProducer):
     with the same content: consumers deduplicate risk on (patient_id, window_end) and alerts on (alert_id,
     state, sequence)."""
 
+    chunk = 4096  # messages serialised and awaited at a time
+
     def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int:
+        """Send, chunk by chunk, each chunk acknowledged before the next is serialised: a batch that closes
+        every patient's windows (50,000 risk messages) held all its JSON and send futures at once, about
+        130 MiB more at its peak (docs/performance.md)."""
         send = self._client().send
-        futures = []
-        for topic, table in ((self.settings.risk_topic(), risk_scores), (self.settings.alerts_topic(), alerts)):
-            if len(table) == 0:
-                continue
-            keys = table.column("patient_id").to_pylist()
-            futures += [send(topic, key=k.encode(), value=v) for k, v in zip(keys, to_json_rows(table), strict=True)]
         topics = f"live topics {self.settings.risk_topic()}, {self.settings.alerts_topic()}"
-        return self._acknowledged(futures, timeout_s, topics)
+        sent = 0
+        for topic, table in ((self.settings.risk_topic(), risk_scores), (self.settings.alerts_topic(), alerts)):
+            for start in range(0, len(table), self.chunk):
+                part = table.slice(start, self.chunk)
+                keys = part.column("patient_id").to_pylist()
+                futures = [send(topic, key=k.encode(), value=v) for k, v in zip(keys, to_json_rows(part), strict=True)]
+                sent += self._acknowledged(futures, timeout_s, topics)
+        return sent
 
 
 _DLQ_COLUMNS = ("key", "value", "headers", "reason", "detail", "topic", "partition", "offset", "kafka_timestamp")

@@ -53,7 +53,7 @@ def to_readings(table: pa.Table, contract: StreamContract) -> pa.Table:
         {
             "patient_id": table.column("patient_id"),
             "device_id": table.column("device_id"),
-            "stream": pa.array(np.full(n, contract.stream, dtype=object), pa.string()),
+            "stream": pa.repeat(pa.scalar(contract.stream, pa.string()), n),
             "event_time": table.column("event_time"),
             "value": value,
             "fall_confidence": conf,

@@ -125,12 +125,19 @@ class DedupeIndex:
             self.by_window[w] = merged
 
     def to_tables(self) -> dict[str, pa.Table]:
+        """The index as tables: the series dictionary, each window's start and key count, and the keys, one
+        chunk per window (NumPy's own buffers, no copy: the keys are most of a checkpoint's bytes)."""
         windows = list(self.by_window)
-        counts = [len(self.by_window[w]) for w in windows]
-        keys = np.concatenate([self.by_window[w] for w in windows]) if windows else np.zeros(0, np.int64)
+        runs = [pa.record_batch([pa.array(self.by_window[w])], names=["key"]) for w in windows]
         return {
             "dedupe_series": pa.table({"series": self.series}),
-            "dedupe_keys": pa.table({"window_start": np.repeat(np.asarray(windows, np.int64), counts), "key": keys}),
+            "dedupe_windows": pa.table(
+                {
+                    "window_start": pa.array(windows, pa.int64()),
+                    "count": pa.array([len(self.by_window[w]) for w in windows], pa.int64()),
+                }
+            ),
+            "dedupe_runs": pa.Table.from_batches(runs, schema=pa.schema([("key", pa.int64())])),
         }
 
     @classmethod
@@ -138,7 +145,14 @@ class DedupeIndex:
         index = cls(window_ms)
         if "dedupe_series" in tables:
             index.series = tables["dedupe_series"].column("series").combine_chunks().cast(pa.string())
-        if "dedupe_keys" in tables and len(tables["dedupe_keys"]):
+        if "dedupe_windows" in tables and len(tables["dedupe_windows"]):
+            starts = tables["dedupe_windows"].column("window_start").to_numpy()
+            counts = tables["dedupe_windows"].column("count").to_numpy()
+            key = np.asarray(tables["dedupe_runs"].column("key").to_numpy(), dtype=np.int64)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            for w, lo, hi in zip(starts.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                index.by_window[w] = key[lo:hi].copy()  # sorted when saved
+        elif "dedupe_keys" in tables and len(tables["dedupe_keys"]):  # checkpoints before 2026-11-26
             start = tables["dedupe_keys"].column("window_start").to_numpy()
             key = tables["dedupe_keys"].column("key").to_numpy()
             for w in np.unique(start).tolist():

@@ -27,7 +27,7 @@ from pipeline.alerts import ACK_SCHEMA, ACK_STREAM, ALERT_SCHEMA, AlertState, ap
 from pipeline.alerts import evaluate as evaluate_alerts
 from pipeline.batch import RawBatch
 from pipeline.contract import readings_suite_name, stream_contract
-from pipeline.decode import decode
+from pipeline.decode import decoded_batch
 from pipeline.features import window_schema
 from pipeline.privacy import pseudonymise_columns
 from pipeline.quarantine import DEAD_LETTER_SCHEMA, quarantine_rows
@@ -175,7 +175,7 @@ class Engine:
         by_stream = {b.stream: b for b in batches}
         for batch in batches:
             contract = stream_contract(batch.stream)
-            decoded = decode(batch, contract)
+            decoded = decoded_batch(batch, contract)  # decoded ahead by the consumer process, or now
             quarantine.append(
                 quarantine_rows(batch, decoded.rejected_src, decoded.rejected_reason, decoded.rejected_detail)
             )

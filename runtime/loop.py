@@ -42,6 +42,7 @@ import pyarrow as pa
 from models.scorer import Scorer
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
+from pipeline.memory import release_memory
 from runtime.engine import BatchOutput, Engine, EngineConfig, EngineState, Totals
 
 Mode = Literal["until-idle", "drain", "follow"]
@@ -177,7 +178,7 @@ class BatchProtocol:
             self.outage.waited_elsewhere(time.monotonic() - sent_at)
         # 6. the state checkpoint, retried
         self._with_retries(f"checkpointing batch {out.seq}", lambda: self.checkpoints.save(self.engine.snapshot()))
-        pa.default_memory_pool().release_unused()  # hand freed batch memory back to the OS between batches
+        release_memory()  # hand the batch's freed memory back to the OS between batches
         # 7. offsets to Kafka
         self.source.commit(self.engine.offsets)
 

@@ -5,14 +5,11 @@ Parquet lake, the state checkpoint, the scorer). No Prefect here: `flows.scoring
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, cast
-
-import pyarrow as pa
 
 from models.paths import DEFAULT_CHECKPOINT
 from models.scorer import Scorer
@@ -21,11 +18,17 @@ from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.errors import ModelError
 from pipeline.kafka_io import DeadLetters, LiveTopics, check_reachable
+from pipeline.memory import use_jemalloc
 from pipeline.privacy import key_from_env
 from pipeline.sink import ParquetLake, ensure_writable, restrict_permissions
 from runtime.checkpoint import FileCheckpoints
 from runtime.engine import BatchOutput, EngineConfig
 from runtime.loop import LoopConfig, Mode, RunSummary, run
+
+# PyTorch's threads in a scoring run: one. The consumer process works on another core at the same time, and
+# a second PyTorch thread contending with it made the network 35 times slower (0.69 s instead of 18 ms per
+# 2,000 windows on 2 busy cores; docs/performance.md); one thread scores about 100,000 windows/s.
+SCORING_THREADS = 1
 
 
 def build_scorer(settings: Settings) -> Scorer:
@@ -43,6 +46,7 @@ def build_scorer(settings: Settings) -> Scorer:
             engine=settings.scoring_engine,
             onnx_path=onnx_path,
             window_ms=settings.window().window_ms,
+            threads=SCORING_THREADS,
         )
     except FileNotFoundError as exc:
         raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
@@ -100,15 +104,6 @@ def preflight(settings: Settings, bootstrap: str) -> None:
     if settings.onnx_path is not None and not settings.onnx_path.exists():
         raise ModelError(f"ONNX model {settings.onnx_path} not found (write it with `vitalstream export-onnx`)")
     check_reachable(settings.kafka(bootstrap))
-
-
-def use_jemalloc() -> None:
-    """Arrow's jemalloc pool, unless ARROW_DEFAULT_MEMORY_POOL says otherwise: it returns freed batch memory
-    to the OS between batches, which keeps a long run's peak memory lowest (see docs/performance.md)."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    with contextlib.suppress(NotImplementedError):
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def run_scoring(

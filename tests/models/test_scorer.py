@@ -223,3 +223,24 @@ def test_the_overall_risk_is_calibrated_per_sensor_configuration(tiny: Checkpoin
     assert p[1, 0] == pytest.approx(1 - 0.5**3)  # no map for glucose+heart_rate: combined, uncalibrated
     assert np.isnan(p[2]).all()  # nothing assessed: no overall risk and no condition probability
     assert sensor_configuration(assessed).tolist() == ["glucose", "glucose+heart_rate", ""]
+
+
+def test_the_scorer_runs_the_network_on_the_threads_it_was_given_with_the_same_scores(tiny: Checkpoint) -> None:
+    """A scoring run limits PyTorch to one thread (runtime.wiring.SCORING_THREADS): set in the thread that runs
+    the network, and the scores do not depend on it."""
+    import torch
+
+    from runtime.wiring import SCORING_THREADS
+
+    readings = canonical_readings("heart_rate", minutes(0, 8), [60.0 + 10 * i for i in range(80)], "P1")
+    closed = window_features(readings, W)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        default, _ = Scorer(tiny).score(history([]), closed)
+        assert torch.get_num_threads() == 2  # None: PyTorch's own setting is left alone
+        one, _ = Scorer(tiny, threads=SCORING_THREADS).score(history([]), closed)
+        assert torch.get_num_threads() == SCORING_THREADS == 1
+    finally:
+        torch.set_num_threads(before)
+    assert one.drop_columns(["scored_at"]).equals(default.drop_columns(["scored_at"]))

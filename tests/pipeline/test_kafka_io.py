@@ -17,6 +17,7 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.kafka_io import (
     DeadLetters,
     KafkaSettings,
+    LiveTopics,
     StreamConsumer,
     check_reachable,
     ensure_topics,
@@ -263,3 +264,26 @@ def test_dead_letters_carry_the_original_message_and_why_and_where_it_came_from(
     keyless = by_source[f"{topic}:1:42"]
     assert (keyless.key, keyless.value) == (None, b"[1]")
     assert dict(keyless.headers)["vitalstream.reason"] == b"not_an_object"
+
+
+def test_live_topics_publish_every_row_chunk_by_chunk(session_broker: EmbeddedBroker) -> None:
+    """Chunks smaller than the tables: every risk row and alert event arrives once, keyed by patient."""
+    import pyarrow as pa
+    from conftest import read_topic
+
+    kafka = KafkaSettings(session_broker.bootstrap, topic_prefix=f"chunks{uuid.uuid4().hex[:6]}.", partitions=2)
+    ensure_topics(kafka)
+    risk = pa.table({"patient_id": [f"P{i}" for i in range(11)], "risk_score": [i / 10 for i in range(11)]})
+    alerts = pa.table({"patient_id": ["P1", "P2", "P3", "P4"], "state": ["raised"] * 4})
+    live = LiveTopics(kafka)
+    live.chunk = 3
+    try:
+        assert live.publish(risk, alerts, timeout_s=30) == 15
+    finally:
+        live.close()
+    got = read_topic(session_broker.bootstrap, kafka.risk_topic(), at_least=11)
+    assert sorted((k, v["patient_id"], v["risk_score"]) for k, v in got) == sorted(
+        (f"P{i}", f"P{i}", i / 10) for i in range(11)
+    )
+    events = read_topic(session_broker.bootstrap, kafka.alerts_topic(), at_least=4)
+    assert sorted(k for k, _ in events) == ["P1", "P2", "P3", "P4"]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.readings import PROVENANCE_SCHEMA
-from pipeline.window import WindowConfig, WindowState, step
+from pipeline.window import DedupeIndex, WindowConfig, WindowState, step
 
 MIN = 60_000
 CFG = WindowConfig(
@@ -193,3 +193,33 @@ def test_dedupe_index_matches_the_definition_across_batches(rows: list[tuple[str
         t = t.set_column(1, "device_id", pa.array([d for _, _, d, _ in chunk], pa.string()))
         got += step(state, t, lazy).duplicate.tolist()
     assert got == _reference_duplicates(rows)
+
+
+def test_dedupe_index_tables_round_trip_and_read_the_earlier_layout() -> None:
+    """The checkpoint's tables (one chunk of keys per window) load back to the same index, and a checkpoint
+    written with the earlier layout (a window_start beside every key) still loads."""
+    state = WindowState()
+    lazy = WindowConfig(window=timedelta(minutes=5), allowed_lateness=timedelta(days=1))
+    rows = [(f"P{i % 7}", "heart_rate", T0 + i * 41_000, 60.0 + i) for i in range(60)]  # several windows
+    step(state, readings(rows), lazy)
+    index = state.dedupe
+    assert index is not None and len(index.by_window) > 2
+    tables = index.to_tables()
+    assert tables["dedupe_runs"].column("key").num_chunks == len(index.by_window)
+    windows = list(index.by_window)
+    earlier = {
+        "dedupe_series": tables["dedupe_series"],
+        "dedupe_keys": pa.table(
+            {
+                "window_start": np.repeat(np.asarray(windows, np.int64), [len(index.by_window[w]) for w in windows]),
+                "key": np.concatenate([index.by_window[w][::-1] for w in windows]),  # unsorted on disk is fine
+            }
+        ),
+    }
+    for loaded in (DedupeIndex.from_tables(index.window_ms, tables), DedupeIndex.from_tables(index.window_ms, earlier)):
+        assert loaded.series.equals(index.series)
+        assert loaded.by_window.keys() == index.by_window.keys()
+        for w, keys in index.by_window.items():
+            np.testing.assert_array_equal(loaded.by_window[w], keys)
+    empty = DedupeIndex(index.window_ms).to_tables()
+    assert DedupeIndex.from_tables(index.window_ms, empty).by_window == {}

@@ -142,3 +142,25 @@ def test_a_crash_between_the_files_and_the_checkpoint_doubles_nothing(tmp_path: 
 
     assert_same_lake(lake, tmp_path / "clean")
     assert second.totals.consumed == clean.totals.consumed == n
+
+
+def test_batches_decoded_ahead_by_the_consumer_process_give_the_same_lake(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    """The consumer process decodes each batch before sending it (pipeline.consumer_process.decode_ahead); the
+    engine uses those tables instead of decoding, and the lake is the same, quarantine included."""
+    import pickle
+
+    from conftest import micro_batches_of_a_day_boundary, run_engine
+
+    from pipeline.consumer_process import decode_ahead
+
+    plain = micro_batches_of_a_day_boundary()
+    plain.append([raw_batch("heart_rate", [b'{"patient_id": "P1"', b"", b"[1]"], partition=5)])  # rejected
+    ahead = [pickle.loads(pickle.dumps(decode_ahead(pickle.loads(pickle.dumps(raw))))) for raw in plain]  # the pipe
+    assert all(b.decoded is not None for raw in ahead for b in raw)
+    assert all(b.decoded is None for raw in plain for b in raw)
+    a = run_engine(tmp_path / "a", tiny_checkpoint, plain)
+    b = run_engine(tmp_path / "b", tiny_checkpoint, ahead)
+    assert a.totals.as_dict() == b.totals.as_dict() and a.totals.quarantined_total >= 3
+    assert_same_lake(tmp_path / "a", tmp_path / "b")
