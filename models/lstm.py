@@ -37,7 +37,7 @@ from pipeline.model_contract import (
 )
 
 
-def _pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+def vital_pairs(stats: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     """(feature index, presence index) for each vital statistic in `stats`."""
     return tuple(
         (MODEL_FEATURES.index(f"{prefix}_{s}"), MODEL_FEATURES.index(f"{stream}_present"))
@@ -58,11 +58,11 @@ class LSTMConfig:
     # Inputs added inside the network: each vital statistic minus the patient's own mean over the earlier
     # windows of the context (0 where there is none), so "high for this patient" is visible, not only "high".
     # Only the statistics a present stream always has (min, max and slope need two readings).
-    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean", "last")))
+    baseline_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: vital_pairs(("mean", "last")))
     # Inputs added inside the network: each vital's trend across windows, the least-squares slope of its window
     # means (per window step) over the windows of the context so far that hold it. A CGM every 5 minutes puts
     # one reading in each window, where the within-window slope is missing: the trend is across windows.
-    trend_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
+    trend_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: vital_pairs(("mean",)))
     # With N > 0, the same trends again over the last N windows only (a recent turn is not averaged away by
     # an hour of history): the 30-minute extrapolation a clinician reads off a CGM. 0: none (older checkpoints).
     recent_trend_windows: int = 0
@@ -72,14 +72,13 @@ class LSTMConfig:
     # own stream's inputs (`_input_streams`; the overall head reads all): a pattern across streams that only
     # the simulator has cannot enter this way. False in older checkpoints.
     skip: bool = False
-    skip_hidden: int = 0  # > 0: the skip path is a small MLP per head (this many units), still own-stream only
     # Inputs added inside the network: each vital's last value carried forward from the latest window of the
     # context that holds it, and how many windows ago that was (over the context length). A 15-minute CGM
     # or an hourly chart leaves most windows without the value, where the window's own columns say nothing.
     # Empty in older checkpoints.
     carry_pairs: tuple[tuple[int, int], ...] = ()
     # Forecast targets: each vital's window mean, masked by its presence flag.
-    forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: _pairs(("mean",)))
+    forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: vital_pairs(("mean",)))
 
 
 def _stream_of(feature: str) -> str:
@@ -134,15 +133,9 @@ class RiskLSTM(nn.Module):
         self.forecast = nn.Linear(cfg.hidden, 2 * len(cfg.forecast_pairs))
         streams = _input_streams(cfg)
         own = [[h not in CONDITION_STREAMS or s == CONDITION_STREAMS[h] for s in streams] for h in cfg.heads]
-        mask = torch.tensor(own, dtype=torch.float32)  # [heads, inputs]
-        k, n_heads = cfg.skip_hidden, len(cfg.heads)
-        self.skip_hidden = nn.Linear(n_in, n_heads * k) if cfg.skip and k > 0 else None
-        self.skip = nn.Linear(n_heads * k if k > 0 else n_in, n_heads, bias=False) if cfg.skip else None
-        self.skip_mask: torch.Tensor  # what each head's skip reads: its own inputs, or its own hidden units
-        self.hidden_mask: torch.Tensor  # each hidden unit reads its head's own-stream inputs
-        blocks = torch.eye(n_heads).repeat_interleave(k, dim=1) if k > 0 else mask
-        self.register_buffer("skip_mask", blocks, persistent=False)
-        self.register_buffer("hidden_mask", mask.repeat_interleave(max(k, 1), dim=0), persistent=False)
+        self.skip = nn.Linear(n_in, len(cfg.heads), bias=False) if cfg.skip else None
+        self.skip_mask: torch.Tensor  # [heads, inputs]: what each head's skip reads
+        self.register_buffer("skip_mask", torch.tensor(own, dtype=torch.float32), persistent=False)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, L, n_features] -> the LSTM's inputs: x with the derived inputs (deviation from the
@@ -226,10 +219,7 @@ class RiskLSTM(nn.Module):
         """The risk logits [batch, heads] from the last step: the LSTM's head, plus the linear skip."""
         logits: torch.Tensor = self.head(out[:, -1])
         if self.skip is not None:
-            z = x_in[:, -1]
-            if self.skip_hidden is not None:
-                z = torch.relu(z @ (self.skip_hidden.weight * self.hidden_mask).T + self.skip_hidden.bias)
-            logits = logits + z @ (self.skip.weight * self.skip_mask).T
+            logits = logits + x_in[:, -1] @ (self.skip.weight * self.skip_mask).T
         return logits
 
 
@@ -338,7 +328,7 @@ class Checkpoint:
             del doc["isotonic_by_config"]  # absent in checkpoints from before sensor configurations
         config = asdict(self.config)
         # absent in checkpoints from before these inputs: their digests stay valid
-        for name in ("recent_trend_windows", "skip", "skip_hidden", "carry_pairs"):
+        for name in ("recent_trend_windows", "skip", "carry_pairs"):
             if not config[name]:
                 del config[name]
         doc["config"] = config

@@ -30,7 +30,7 @@ from models import evaluate as ev
 from models.cohorts import cohort_file, load_cohort
 from models.evaluate import Split
 from models.labels import window_labels
-from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, _pairs
+from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, vital_pairs
 from models.scorer import assessment, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
 from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, RiskLevels, sensor_configuration
@@ -60,10 +60,8 @@ class TrainConfig:
     forecast_weight: float = 0.2  # weight of the forecast NLL beside the risk BCE
     recent_trend_windows: int = 6  # LSTMConfig.recent_trend_windows: trends over the last 30 minutes too
     skip: bool = True  # LSTMConfig.skip: a linear path from the last window's inputs to the risk logits
-    skip_hidden: int = 0  # LSTMConfig.skip_hidden
     carry: bool = True  # LSTMConfig.carry_pairs: each vital's last value carried forward, and its age
     real_weight: float = 5.0  # loss weight of a real cohort's window relative to a simulated one
-    sim_glucose_weight: float = 1.0  # loss weight of simulated windows on the glucose heads
     # "conditions": the overall risk combines the assessed conditions (what a sensor configuration needs);
     # "head" or "auto" (the better on validation AUROC) for the any-event head
     any_source: str = "conditions"
@@ -244,8 +242,7 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
         horizon_minutes=cfg.horizon_minutes,
         recent_trend_windows=cfg.recent_trend_windows,
         skip=cfg.skip,
-        skip_hidden=cfg.skip_hidden,
-        carry_pairs=_pairs(("last",)) if cfg.carry else (),
+        carry_pairs=vital_pairs(("last",)) if cfg.carry else (),
     )
     model = RiskLSTM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -254,8 +251,6 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     for split, m in ((tr, m_tr), (va, m_va)):
         if split.source is not None:
             m *= np.where(split.source == SIM, 1.0, cfg.real_weight).astype(np.float32)[:, None]
-            for head in ("hypoglycaemia", "hyperglycaemia"):
-                m[split.source == SIM, HEADS.index(head)] *= cfg.sim_glucose_weight
     pos = ((tr.y * m_tr).sum(axis=0) / np.maximum(m_tr.sum(axis=0), 1)).clip(1e-3, 0.5)
     # sqrt of the class ratio: rare heads get gradient without flooding the loss; calibration undoes it
     bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(np.sqrt((1 - pos) / pos), dtype=torch.float32), reduction="none")

@@ -241,9 +241,9 @@ def test_the_network_sees_each_vitals_trend_across_windows() -> None:
 
 
 def test_the_network_sees_the_recent_trend_and_each_vitals_last_value_carried_forward() -> None:
-    from models.lstm import _pairs
+    from models.lstm import vital_pairs
 
-    cfg = LSTMConfig(hidden=4, layers=1, window_count=6, recent_trend_windows=3, carry_pairs=_pairs(("last",)))
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=6, recent_trend_windows=3, carry_pairs=vital_pairs(("last",)))
     net = RiskLSTM(cfg)
     x = torch.zeros(1, 6, len(MODEL_FEATURES))
     (f, p), (lf, _) = cfg.trend_pairs[0], cfg.carry_pairs[0]  # glucose mean, glucose last, presence
@@ -260,19 +260,16 @@ def test_the_network_sees_the_recent_trend_and_each_vitals_last_value_carried_fo
     assert net.carried(torch.zeros(1, 6, len(MODEL_FEATURES)))[0, :, k].tolist() == pytest.approx([1.0] * 6)
 
 
-@pytest.mark.parametrize("hidden", [0, 3])  # a linear skip, and a small MLP per head
-def test_a_conditions_skip_path_reads_only_its_own_streams_inputs(hidden: int) -> None:
-    from models.lstm import _pairs
+def test_a_conditions_skip_path_reads_only_its_own_streams_inputs() -> None:
+    from models.lstm import vital_pairs
 
-    cfg = LSTMConfig(hidden=4, layers=1, window_count=4, recent_trend_windows=2, skip=True, skip_hidden=hidden)
-    cfg.carry_pairs = _pairs(("last",))
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=4, recent_trend_windows=2, skip=True)
+    cfg.carry_pairs = vital_pairs(("last",))
     net = RiskLSTM(cfg)
     with torch.no_grad():
         net.head.weight.zero_()  # only the skip path speaks
         net.head.bias.zero_()
         net.skip.weight.fill_(1.0)  # type: ignore[union-attr]
-        if net.skip_hidden is not None:
-            net.skip_hidden.weight.fill_(1.0)
     x = torch.rand(1, 4, len(MODEL_FEATURES))
     y = x.clone()
     hr = [i for i, name in enumerate(MODEL_FEATURES) if name.startswith("heart_rate")]
