@@ -1,13 +1,15 @@
 """What a run that finds nothing costs: `vitalstream run` on empty topics, with and without a Prefect server.
 
-    python bench/startup.py [--runs 2] [--no-server]
+    python bench/startup.py [--runs 2] [--no-server | --server-only]
 
 1. starts the embedded broker and creates the (empty) topics;
 2. times the consumer group join alone (the same consumer settings as a run; the broker decides it);
-3. `vitalstream run` (a child process) that finds nothing, `--runs` times: wall time, CPU time of the run's
-   whole process tree (user + system, its children included) and peak RSS of the tree, sampled as in
-   bench/throughput.py. First with no Prefect server configured (Prefect starts a temporary one in the
-   process), then with `prefect server start` running and PREFECT_API_URL set, as under a deployment.
+3. `vitalstream run` (a child process) that finds nothing, `--runs` times: wall time, the same minus the
+   group join alone (the target excludes the join; the run overlaps it with its own start-up, so this is
+   what the run adds to the join), CPU time of the run's whole process tree (user + system, its children
+   included) and per process, and peak RSS of the tree, sampled as in bench/throughput.py. First with no
+   Prefect server configured (Prefect starts a temporary one in the process), then with `prefect server
+   start` running and PREFECT_API_URL set, as under a deployment.
 A benchmark, not a test: nothing here asserts.
 """
 
@@ -66,8 +68,9 @@ def prefect_server(home: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, float, float]:
-    """(wall s, CPU s of the process tree, peak RSS MiB of the tree) of one `vitalstream run`."""
+def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, float, float, dict[str, float]]:
+    """(wall s, CPU s of the process tree, peak RSS MiB of the tree, CPU s per process) of one `vitalstream
+    run`."""
     cmd = [sys.executable, "-m", "cli.main", "run", "--bootstrap", bootstrap, "--lake", str(lake)]
     w0 = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -82,7 +85,7 @@ def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, fl
     # wait4's usage covers the child and the children it waited for (its consumer process; Prefect's
     # temporary server if it reaped it); the sampler's per-process figures catch any it did not
     cpu = max(usage.ru_utime + usage.ru_stime, sum(sampler.cpu_seconds().values()))
-    return wall, cpu, sampler.peak_kib / 1024
+    return wall, cpu, sampler.peak_kib / 1024, sampler.cpu_seconds()
 
 
 def group_join_s(bootstrap: str) -> float:
@@ -100,7 +103,11 @@ def group_join_s(bootstrap: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--no-server", action="store_true", help="skip the measurement with `prefect server start`")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--no-server", action="store_true", help="skip the measurement with `prefect server start`")
+    which.add_argument(
+        "--server-only", action="store_true", help="only the measurement with `prefect server start` (the target's)"
+    )
     args = ap.parse_args()
 
     from pipeline.kafka_io import KafkaSettings, ensure_topics
@@ -113,7 +120,9 @@ def main() -> None:
         base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         base |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
         base["PYTHONPATH"] = str(ROOT)
-        setups: list[tuple[str, dict[str, str] | None]] = [("no Prefect server configured", None)]
+        setups: list[tuple[str, dict[str, str] | None]] = []
+        if not args.server_only:
+            setups.append(("no Prefect server configured", None))
         if not args.no_server:
             setups.append(("with `prefect server start`", {}))
         for label, extra in setups:
@@ -123,10 +132,11 @@ def main() -> None:
                 if url:
                     env["PREFECT_API_URL"] = url
                 for i in range(args.runs):
-                    wall, cpu, rss = run_once(env, broker.bootstrap, Path(tmp) / f"lake-{label[:4]}")
+                    wall, cpu, rss, per = run_once(env, broker.bootstrap, Path(tmp) / f"lake-{label[:4]}")
+                    by_process = ", ".join(f"{role} {s:.1f}" for role, s in sorted(per.items()))
                     print(
-                        f"{'run that finds nothing, ' + label:<44}{wall:>8.1f} s wall {cpu:>6.1f} s CPU "
-                        f"{rss:>6,.0f} MiB peak   (run {i + 1}; wall includes the group join)"
+                        f"{'run that finds nothing, ' + label:<44}{wall:>8.1f} s wall ({wall - join:.1f} s without "
+                        f"the join) {cpu:>6.1f} s CPU ({by_process}) {rss:>6,.0f} MiB peak   (run {i + 1})"
                     )
 
 

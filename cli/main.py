@@ -4,12 +4,14 @@ expected failures (VitalStreamError) into one line and an exit code."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,37 @@ _NO_BROKER_HINT = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program; `argv` None: the process's own command line (the console script, `python -m cli.main`)."""
+    global _PROGRAM
+    _PROGRAM = argv is None
+    try:
+        return _main(argv)
+    finally:
+        if _PROGRAM:
+            # The interpreter's exit would collect every object the imports made (Prefect's are many): half a
+            # second of wall time for a run that finds nothing (docs/performance.md). Frozen, the OS frees them.
+            gc.freeze()
+
+
+_PROGRAM = False  # main() runs as the program, not called by a test or another program
+
+
+@contextlib.contextmanager
+def _importing() -> Iterator[None]:
+    """Heavy imports (Prefect): the garbage collector paused while they create objects that live as long as
+    the process, and, in the program, those frozen afterwards so that later collections skip them."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if _PROGRAM:
+            gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # kafka-python logs every reconnect attempt at ERROR; our own errors say what went wrong, once.
@@ -283,13 +316,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
-    from flows.scoring import scoring_flow
-    from runtime.wiring import preflight
+    from runtime.wiring import consumer_started, preflight
 
     preflight(settings, bootstrap)  # expected failures surface here, as one line, before Prefect starts a run
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_drop_expected_tracebacks)
-    result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
+    # The consumer process starts first: its group join overlaps importing Prefect and creating the flow run.
+    with consumer_started(settings, bootstrap):
+        with _importing():
+            from flows.scoring import scoring_flow
+
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_drop_expected_tracebacks)
+        result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     # Great Expectations on the run's sample: its own flow run, after the scoring run's consumer has gone
     # (a deployment every few minutes under `vitalstream serve`); none when there is no sample to validate.
     from ops.quality import pending_samples

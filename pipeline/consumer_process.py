@@ -13,7 +13,10 @@ resumes from (see runtime.engine), so a commit that lags by a batch loses nothin
 
 `ConsumerProcess` has StreamConsumer's interface, so the flow does not care which one it drives. The child
 is a plain `python -m pipeline.consumer_process` given the pipes' file descriptors (not multiprocessing's
-spawn, which would re-run the caller's __main__ module).
+spawn, which would re-run the caller's __main__ module). It can be started early (`start`): the group join
+(seconds on a broker) then runs while the caller still starts up (imports Prefect, creates the flow run,
+loads the state checkpoint), and the offsets to resume from follow when `wait_for_assignment` is called; the
+child seeks to them before it fetches anything.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
-from pipeline.kafka_io import KafkaSettings, StreamConsumer
+from pipeline.kafka_io import KafkaSettings, StreamConsumer, ensure_topics
 from pipeline.memory import release_memory, use_jemalloc
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
@@ -47,14 +50,38 @@ class ConsumerProcess:
         self._lagging: set[str] = set()
         self._reachable = True
         self._proc: Any = None
+        self._early = False  # started by `start`, before the offsets were known
         self._data: Connection | None = None
         self._control: Connection | None = None
 
     def resume_from(self, offsets: dict[str, int]) -> None:
         self._offsets = dict(offsets)
 
+    def start(self, prepare_topics: bool = False) -> None:
+        """Start the child now: it connects and joins the group while the caller does other things, and waits
+        for `wait_for_assignment` to hand it the offsets to resume from. `prepare_topics`: the child creates
+        missing topics first (kafka_io.ensure_topics), as the flow's own task would, so that a join started
+        before that task finds every topic."""
+        if self._proc is None:
+            self._spawn(self.settings.assignment_timeout_s, prepare_topics)
+            self._early = True
+
     def wait_for_assignment(self, timeout_s: float | None = None) -> set[str]:
         timeout_s = self.settings.assignment_timeout_s if timeout_s is None else timeout_s
+        if self._proc is None:
+            self._spawn(timeout_s, prepare_topics=False)
+        try:
+            return self._resume_and_wait(timeout_s)
+        except VitalStreamError:
+            if not self._early:
+                raise
+        # A child started early that failed (a broker still starting, say) is not the answer: the run goes on
+        # as without the early start, with a child started now, whose failure is reported as itself.
+        self.close()
+        self._spawn(timeout_s, prepare_topics=False)
+        return self._resume_and_wait(timeout_s)
+
+    def _spawn(self, timeout_s: float, prepare_topics: bool) -> None:
         data_parent, data_child = Pipe(duplex=False)
         control_child, control_parent = Pipe(duplex=False)
         self._data, self._control = data_parent, control_parent
@@ -65,9 +92,15 @@ class ConsumerProcess:
             stdin=subprocess.DEVNULL,
             env={**_MALLOC_TUNING, **os.environ},
         )
+        self._early = False
         data_child.close()
         control_child.close()
-        self._control.send((*self._args, self._offsets, timeout_s))
+        self._control.send((*self._args, timeout_s, prepare_topics))
+
+    def _resume_and_wait(self, timeout_s: float) -> set[str]:
+        assert self._control is not None
+        with contextlib.suppress(BrokenPipeError, OSError):  # a child that failed already: its error is read next
+            self._control.send(("resume", self._offsets))
         kind, payload = self._recv(timeout_s + 60)
         if kind != "assigned":
             raise BrokerUnavailable(f"consumer process: unexpected first message {kind!r}")
@@ -135,11 +168,17 @@ def _child_main(data: Connection, control: Connection) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     consumer: StreamConsumer | None = None
     try:
-        settings, group, max_batch_records, offsets, timeout_s = control.recv()
+        settings, group, max_batch_records, timeout_s, prepare_topics = control.recv()
         use_jemalloc()  # as in the pipeline: freed batch buffers go back to the OS (release_memory below)
+        if prepare_topics:
+            ensure_topics(settings)
         consumer = StreamConsumer(settings, group, max_batch_records)
-        consumer.resume_from(offsets)
         assigned = consumer.wait_for_assignment(timeout_s)
+        # Joined; nothing fetched is handed out before the offsets from the state checkpoint are applied.
+        kind, offsets = control.recv()
+        if kind == "stop":
+            return
+        consumer.resume_from(offsets)
         data.send(("assigned", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
         while True:
             pending: dict[str, int] | None = None

@@ -302,10 +302,13 @@ class StreamConsumer:
             self.consumer.subscribe(settings.input_topics(), listener=_SeekOnAssign(self))
 
     def resume_from(self, offsets: dict[str, int]) -> None:
-        """Offsets from the state checkpoint win over the group's committed ones (they match the state)."""
+        """Offsets from the state checkpoint win over the group's committed ones (they match the state).
+        Applied at the next assignment, and at once to the partitions already assigned (a consumer may join
+        its group before the checkpoint is read)."""
         for key, offset in offsets.items():
             topic, _, part = key.rpartition(":")
             self._seek_to[TopicPartition(topic, int(part))] = offset
+        self._apply_seeks(self.consumer.assignment())
 
     def wait_for_assignment(self, timeout_s: float | None = None) -> set[TopicPartition]:
         timeout_s = self.settings.assignment_timeout_s if timeout_s is None else timeout_s

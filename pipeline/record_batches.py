@@ -420,7 +420,9 @@ def _empty() -> RecordColumns:
     return RecordColumns(
         offsets=np.empty(0, np.int64),
         timestamps_ms=np.empty(0, np.int64),
-        keys=pa.array([], pa.binary()),
-        values=pa.array([], pa.binary()),
+        # pa.nulls, not pa.array([]): pyarrow imports pandas (0.2 s of CPU) the first time it converts Python
+        # objects, and an empty fetch is all a consumer process sees in a run that finds nothing
+        keys=pa.nulls(0, pa.binary()),
+        values=pa.nulls(0, pa.binary()),
         sizes=np.empty(0, np.int64),
     )

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from models.paths import DEFAULT_CHECKPOINT
@@ -17,7 +17,7 @@ from pipeline.alert_policy import load_policy
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
 from pipeline.errors import ModelError
-from pipeline.kafka_io import DeadLetters, LiveTopics, check_reachable
+from pipeline.kafka_io import DeadLetters, KafkaSettings, LiveTopics, check_reachable
 from pipeline.memory import use_jemalloc
 from pipeline.privacy import key_from_env
 from pipeline.sink import ParquetLake, ensure_writable, restrict_permissions
@@ -106,6 +106,43 @@ def preflight(settings: Settings, bootstrap: str) -> None:
     check_reachable(settings.kafka(bootstrap))
 
 
+# Consumer processes started ahead of their run (`consumer_started`), with what identifies their consumer.
+_STARTED: list[tuple[tuple[KafkaSettings, str, int], ConsumerProcess]] = []
+
+
+def _consumer_key(settings: Settings, bootstrap: str) -> tuple[KafkaSettings, str, int]:
+    return settings.kafka(bootstrap), settings.group, settings.max_batch_records
+
+
+def _consumer(settings: Settings, bootstrap: str) -> ConsumerProcess:
+    """The run's consumer process: the one started ahead for these settings, else a new one."""
+    key = _consumer_key(settings, bootstrap)
+    for i, (started_for, consumer) in enumerate(_STARTED):
+        if started_for == key:
+            del _STARTED[i]
+            return consumer
+    return ConsumerProcess(*key)
+
+
+@contextlib.contextmanager
+def consumer_started(settings: Settings, bootstrap: str) -> Iterator[ConsumerProcess]:
+    """Start the run's consumer process now, so that its start and group join (seconds on a broker) overlap
+    the rest of the start-up (importing Prefect, creating the flow run, loading the state checkpoint); a
+    `run_scoring` inside the block with the same Kafka settings and group takes it over. It creates missing
+    topics first, as the flow's prepare-topics task does. It is stopped when the block ends, if the run did
+    not stop it already (or never took it: the flow run failed before it consumed)."""
+    key = _consumer_key(settings, bootstrap)
+    consumer = ConsumerProcess(*key)
+    consumer.start(prepare_topics=True)
+    entry = (key, consumer)
+    _STARTED.append(entry)
+    try:
+        yield consumer
+    finally:
+        _STARTED[:] = [e for e in _STARTED if e is not entry]
+        consumer.close()
+
+
 def run_scoring(
     settings: Settings,
     bootstrap: str,
@@ -136,7 +173,7 @@ def run_scoring(
         return run(
             engine_cfg,
             lazy_scorer(settings, prefetch=mode != "until-idle"),  # drain and follow runs always score
-            ConsumerProcess(kafka, settings.group, settings.max_batch_records),
+            _consumer(settings, bootstrap),
             DeadLetters(kafka),
             ParquetLake(settings.lake, name),
             FileCheckpoints(settings.lake, name, settings.window()),
