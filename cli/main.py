@@ -300,27 +300,34 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(
-        args,
-        bootstrap=args.bootstrap,
-        lake=args.lake,
-        group=args.group,
-        scoring_engine=args.engine,
-        instance=args.instance,
-    )
-    if not settings.bootstrap:
-        raise ConfigError(_NO_BROKER_HINT)
-    summary = _run_flow(settings, settings.bootstrap, args.mode)
+    from pipeline.consumer_process import Launched
+
+    # The consumer process's interpreter first: it loads its libraries while this one loads the settings.
+    child = Launched()
+    try:
+        settings = _settings(
+            args,
+            bootstrap=args.bootstrap,
+            lake=args.lake,
+            group=args.group,
+            scoring_engine=args.engine,
+            instance=args.instance,
+        )
+        if not settings.bootstrap:
+            raise ConfigError(_NO_BROKER_HINT)
+        summary = _run_flow(settings, settings.bootstrap, args.mode, child)
+    finally:
+        child.close()  # stopped if the run never took it (a failed preflight)
     _print_summary(summary, settings)
     return 0 if summary["balanced"] else 1
 
 
-def _run_flow(settings: Any, bootstrap: str, mode: str) -> dict[str, Any]:
+def _run_flow(settings: Any, bootstrap: str, mode: str, child: Any = None) -> dict[str, Any]:
     from runtime.wiring import consumer_started, preflight
 
     preflight(settings, bootstrap)  # expected failures surface here, as one line, before Prefect starts a run
-    # The consumer process starts first: its group join overlaps importing Prefect and creating the flow run.
-    with consumer_started(settings, bootstrap):
+    # The consumer joins its group first: the join overlaps importing Prefect and creating the flow run.
+    with consumer_started(settings, bootstrap, child):
         with _importing():
             from flows.scoring import scoring_flow
 

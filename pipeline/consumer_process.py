@@ -29,12 +29,13 @@ import time
 import traceback
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.batch import RawBatch
 from pipeline.errors import BrokerUnavailable, VitalStreamError
-from pipeline.kafka_io import KafkaSettings, StreamConsumer, ensure_topics
-from pipeline.memory import release_memory, use_jemalloc
+
+if TYPE_CHECKING:  # the parent's side needs no Kafka or Arrow library: `Launched` is started before they load
+    from pipeline.batch import RawBatch
+    from pipeline.kafka_io import KafkaSettings
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
 # and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
@@ -42,15 +43,57 @@ from pipeline.memory import release_memory, use_jemalloc
 _MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2"}
 
 
+class Launched:
+    """A consumer process's interpreter, started before its consumer is configured: it loads its libraries
+    (about half a second of CPU) while the caller still loads its own and its settings. A ConsumerProcess
+    given it configures this child instead of starting another; one nobody took is stopped by `close`."""
+
+    def __init__(self) -> None:
+        data_parent, data_child = Pipe(duplex=False)
+        control_child, control_parent = Pipe(duplex=False)
+        fds = (data_child.fileno(), control_child.fileno())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.consumer_process", *map(str, fds)],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            env={**_MALLOC_TUNING, **os.environ},
+        )
+        data_child.close()
+        control_child.close()
+        self.data, self.control = data_parent, control_parent
+        self.taken = False
+
+    def take(self) -> tuple[Any, Connection, Connection]:
+        """The process and the parent's ends of its data and control pipes, handed over once."""
+        assert not self.taken
+        self.taken = True
+        return self.proc, self.data, self.control
+
+    def close(self) -> None:
+        """Stop the child if nobody took it (it has not talked to any broker yet); a no-op otherwise."""
+        if self.taken:
+            return
+        self.taken = True
+        self.proc.kill()
+        self.proc.wait()
+        self.data.close()
+        self.control.close()
+
+
 class ConsumerProcess:
-    def __init__(self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000) -> None:
+    def __init__(
+        self, settings: KafkaSettings, group: str, max_batch_records: int = 50_000, child: Launched | None = None
+    ) -> None:
+        """`child`: an interpreter launched ahead (`Launched`) to configure instead of starting one."""
         self.settings = settings
+        self._launched = child
         self._args = (settings, group, max_batch_records)
         self._offsets: dict[str, int] = {}
         self._lagging: set[str] = set()
         self._reachable = True
         self._proc: Any = None
         self._early = False  # started by `start`, before the offsets were known
+        self._ask = False  # the child waits to be asked for the next poll (the last batch was empty)
         self._data: Connection | None = None
         self._control: Connection | None = None
 
@@ -82,19 +125,11 @@ class ConsumerProcess:
         return self._resume_and_wait(timeout_s)
 
     def _spawn(self, timeout_s: float, prepare_topics: bool) -> None:
-        data_parent, data_child = Pipe(duplex=False)
-        control_child, control_parent = Pipe(duplex=False)
-        self._data, self._control = data_parent, control_parent
-        fds = (data_child.fileno(), control_child.fileno())
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.consumer_process", *map(str, fds)],
-            pass_fds=fds,
-            stdin=subprocess.DEVNULL,
-            env={**_MALLOC_TUNING, **os.environ},
-        )
+        launched = self._launched if self._launched is not None and not self._launched.taken else Launched()
+        self._launched = None
+        self._proc, self._data, self._control = launched.take()
         self._early = False
-        data_child.close()
-        control_child.close()
+        self._ask = False
         self._control.send((*self._args, timeout_s, prepare_topics))
 
     def _resume_and_wait(self, timeout_s: float) -> set[str]:
@@ -107,9 +142,13 @@ class ConsumerProcess:
         return set(payload)
 
     def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
+        if self._ask:  # the last batch was empty: the child polls again when asked (see _child_main)
+            assert self._control is not None
+            self._control.send(("poll", None))
         kind, payload = self._recv(None)
         assert kind == "batch"
         batches, self._lagging, self._reachable = payload
+        self._ask = not batches
         return list(batches)
 
     def lagging(self) -> set[str]:
@@ -125,6 +164,9 @@ class ConsumerProcess:
             self._control.send(("commit", dict(offsets)))
 
     def close(self) -> None:
+        if self._launched is not None:
+            self._launched.close()
+            self._launched = None
         if self._proc is None:
             return
         assert self._control is not None and self._data is not None
@@ -165,6 +207,10 @@ class ConsumerProcess:
 def _child_main(data: Connection, control: Connection) -> None:
     import logging
 
+    # Loaded before the first message, which may come seconds later (`Launched`).
+    from pipeline.kafka_io import StreamConsumer, ensure_topics
+    from pipeline.memory import release_memory, use_jemalloc
+
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     consumer: StreamConsumer | None = None
     try:
@@ -180,21 +226,29 @@ def _child_main(data: Connection, control: Connection) -> None:
             return
         consumer.resume_from(offsets)
         data.send(("assigned", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
+        asked = True
         while True:
             pending: dict[str, int] | None = None
-            while control.poll():
+            # A batch with messages is followed by the next poll at once (one batch ahead of the pipeline); an
+            # empty one waits until the parent asks again, so that a run that ends on it (caught up) stops
+            # the child at once instead of waiting for a poll that would find nothing either.
+            while not asked or control.poll():
                 kind, payload = control.recv()
                 if kind == "stop":
                     if pending:
                         consumer.commit(pending)
                     return
-                pending = payload
+                if kind == "poll":
+                    asked = True
+                else:
+                    pending = payload
             if pending:
                 consumer.commit(pending)
             raw = decode_ahead(consumer.poll_batch())
             # An empty poll may mean "caught up" or "broker not answering": only a request tells them apart.
             reachable = bool(raw) or consumer.reachable()
             data.send(("batch", (raw, consumer.lagging(), reachable)))
+            asked = bool(raw)
             del raw
             release_memory()
     except (EOFError, BrokenPipeError):

@@ -12,6 +12,9 @@ generator it replaces did. So `consumer.poll()` returns `{TopicPartition: [Recor
 `install` sets the class on one consumer's fetcher (an instance attribute: other consumers are untouched)
 and raises `BulkDecodingUnavailable` when the fetcher no longer looks as this module expects, so that a
 kafka-python upgrade fails loudly here (and in tests/pipeline/test_kafka_fetch.py) instead of misreading.
+It returns that consumer's count of partition fetch responses (`FetchResponses`): the fetcher builds one
+PartitionRecords per partition the broker answered without an error, empty or not, so a count that moved
+during a poll says the broker answered then, without asking it again.
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ class BulkDecodingUnavailable(RuntimeError):
     """kafka-python's fetcher is not the one this hook was written for."""
 
 
-def install(consumer: Any) -> None:
-    """Make `consumer` (a KafkaConsumer) decode fetched record batches in bulk."""
+class FetchResponses:
+    """Partition fetch responses parsed by one consumer's fetcher (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def install(consumer: Any) -> FetchResponses:
+    """Make `consumer` (a KafkaConsumer) decode fetched record batches in bulk; its fetch responses' count."""
     fetcher = getattr(consumer, "_fetcher", None)
     problems = hook_problems(fetcher)
     if problems:
@@ -55,7 +65,15 @@ def install(consumer: Any) -> None:
             + ". Set VITALSTREAM_KAFKA_BULK_DECODE=false to use kafka-python's own parser."
         )
     assert fetcher is not None
-    fetcher.PartitionRecords = BulkPartitionRecords
+    responses = FetchResponses()
+
+    class CountedPartitionRecords(BulkPartitionRecords):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            responses.count += 1
+            super().__init__(*args, **kwargs)
+
+    fetcher.PartitionRecords = CountedPartitionRecords
+    return responses
 
 
 def hook_problems(fetcher: Any) -> list[str]:

@@ -288,13 +288,19 @@ class StreamConsumer:
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
                 max_poll_interval_ms=600_000,
+                # An empty fetch is answered within the 500 ms of poll_batch's first poll, which then knows
+                # the broker answered without asking it again (`reachable`; the broker's default is 500 ms).
+                fetch_max_wait_ms=400,
             )
         except (KafkaError, OSError) as exc:
             raise _unreachable(settings, exc) from exc
+        self._responses = None
+        self._answered = False  # the broker answered a fetch during the last poll_batch
         if settings.bulk_decode:
             from pipeline import kafka_fetch
 
-            kafka_fetch.install(self.consumer)  # poll() now returns RecordColumns chunks, not records
+            # poll() now returns RecordColumns chunks, not records
+            self._responses = kafka_fetch.install(self.consumer)
         # Next offset to read per partition: the checkpoint's at start, then past every message handed out.
         self._seek_to: dict[TopicPartition, int] = {}
         self._high: dict[TopicPartition, int] = {}  # last high-water mark seen per partition
@@ -356,7 +362,10 @@ class StreamConsumer:
 
     def reachable(self, timeout_s: float = 2.0) -> bool:
         """Does the broker answer a request? (A paused broker still accepts TCP connections: only a reply
-        tells that it is alive.)"""
+        tells that it is alive.) A fetch it answered during the last poll says so; else it is asked, a
+        request that waits behind a fetch in flight on the same connection (up to `fetch_max_wait_ms`)."""
+        if self._answered:
+            return True
         assigned = list(self.consumer.assignment())
         try:
             if assigned:
@@ -372,6 +381,7 @@ class StreamConsumer:
         become Arrow/NumPy columns at once, so at most one poll's record objects are alive at a time."""
         by_topic: dict[str, list[RawBatch]] = {}
         total = 0
+        answered_before = self._responses.count if self._responses is not None else None
         while total < self.max_batch_records:
             got = self.consumer.poll(
                 timeout_ms=timeout_ms if total == 0 else 0, max_records=self.max_batch_records - total
@@ -385,6 +395,7 @@ class StreamConsumer:
                 # After a rebalance (a broker outage can expire the session) resume here, not at the group's
                 # committed offset, which may trail the messages already handed to the pipeline.
                 self._seek_to[tp] = max(self._seek_to.get(tp, 0), int(raw.offsets[-1]) + 1)
+        self._answered = self._responses is not None and self._responses.count != answered_before
         return [_concat(parts) for parts in by_topic.values()]
 
     def _raw(self, tp: TopicPartition, recs: list[Any]) -> RawBatch:

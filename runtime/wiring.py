@@ -15,7 +15,7 @@ from models.paths import DEFAULT_CHECKPOINT
 from models.scorer import Scorer
 from pipeline.alert_policy import load_policy
 from pipeline.config import Settings
-from pipeline.consumer_process import ConsumerProcess
+from pipeline.consumer_process import ConsumerProcess, Launched
 from pipeline.errors import ModelError
 from pipeline.kafka_io import DeadLetters, KafkaSettings, LiveTopics, check_reachable
 from pipeline.memory import use_jemalloc
@@ -125,14 +125,15 @@ def _consumer(settings: Settings, bootstrap: str) -> ConsumerProcess:
 
 
 @contextlib.contextmanager
-def consumer_started(settings: Settings, bootstrap: str) -> Iterator[ConsumerProcess]:
+def consumer_started(settings: Settings, bootstrap: str, child: Launched | None = None) -> Iterator[ConsumerProcess]:
     """Start the run's consumer process now, so that its start and group join (seconds on a broker) overlap
     the rest of the start-up (importing Prefect, creating the flow run, loading the state checkpoint); a
     `run_scoring` inside the block with the same Kafka settings and group takes it over. It creates missing
     topics first, as the flow's prepare-topics task does. It is stopped when the block ends, if the run did
-    not stop it already (or never took it: the flow run failed before it consumed)."""
+    not stop it already (or never took it: the flow run failed before it consumed). `child`: its interpreter,
+    launched earlier still (pipeline.consumer_process.Launched)."""
     key = _consumer_key(settings, bootstrap)
-    consumer = ConsumerProcess(*key)
+    consumer = ConsumerProcess(*key, child=child)
     consumer.start(prepare_topics=True)
     entry = (key, consumer)
     _STARTED.append(entry)

@@ -122,3 +122,24 @@ def test_a_run_that_finds_nothing_loads_no_pandas_numba_or_torch_in_the_consumer
     assert "pyarrow" in maps  # the check sees the libraries it loaded
     for heavy in ("pandas", "numba", "llvmlite", "torch"):
         assert f"/{heavy}/" not in maps, heavy
+
+
+def test_an_interpreter_launched_ahead_becomes_the_consumer_or_is_stopped(session_broker: EmbeddedBroker) -> None:
+    from pipeline.consumer_process import Launched
+
+    s = kafka(session_broker.bootstrap, instance=(0, 1))
+    produce_respiration(s, 3)
+    child = Launched()
+    consumer = ConsumerProcess(s, f"g-{s.topic_prefix}", child=child)
+    try:
+        consumer.wait_for_assignment(timeout_s=20)
+        assert consumer._proc is child.proc  # configured, not another process started
+        assert [int(o) for b in drain(consumer, 3) for o in b.offsets] == [0, 1, 2]
+        child.close()  # taken: closing it is the consumer's business
+        assert child.proc.poll() is None
+    finally:
+        consumer.close()
+    assert child.proc.poll() is not None
+    unused = Launched()
+    ConsumerProcess(s, "never-started", child=unused).close()
+    assert unused.proc.poll() is not None

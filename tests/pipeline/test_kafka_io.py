@@ -309,3 +309,23 @@ def test_resume_from_after_the_join_seeks_the_assigned_partitions(session_broker
     finally:
         consumer.close()
     assert [int(o) for b in got for o in b.offsets] == [6, 7, 8, 9]
+
+
+def test_an_empty_poll_that_the_broker_answered_proves_it_reachable_without_asking_again(
+    session_broker: EmbeddedBroker,
+) -> None:
+    s = settings(session_broker, partitions=1, instance=(0, 1))
+    ensure_topics(s)
+    consumer = StreamConsumer(s, group=f"g-{s.topic_prefix}")
+    try:
+        consumer.wait_for_assignment(timeout_s=10)
+        assert consumer.poll_batch(timeout_ms=500) == []
+
+        def no_request(*args: object, **kwargs: object) -> None:
+            raise AssertionError("reachable() asked the broker again")
+
+        consumer.consumer.end_offsets = no_request  # type: ignore[method-assign]
+        consumer.consumer.topics = no_request  # type: ignore[method-assign]
+        assert consumer.reachable()
+    finally:
+        consumer.close()
