@@ -1,6 +1,7 @@
 """End-to-end throughput and peak memory, beside a bare kafka-python consumer on the same messages.
 
     python bench/throughput.py [--shape bench|single] [--patients N] [--hours H] [--partitions P]
+                               [--prefect-server]
 
 Shapes: `bench` (the default: 10,000 patients x 0.2 h, four topics of 3 partitions, about 2.55 M messages)
 and `single` (one topic, heart rate only: 2,000 patients x 0.31 h on 4 partitions, about 400,000 messages).
@@ -12,6 +13,9 @@ and `single` (one topic, heart rate only: 2,000 patients x 0.31 h on 4 partition
    consumer's start and the group join; wall time including Prefect's start-up; peak RSS and CPU time per
    process);
 5. unless --no-validate, Great Expectations validates the run's samples as its own flow run.
+Without a Prefect server configured, Prefect starts a temporary one for the run (counted apart), and the
+scoring process then also holds Prefect's server code (about 80 MiB); `--prefect-server` runs the flow
+against `prefect server start` instead (PREFECT_API_URL set, as under `vitalstream serve` or a work pool).
 Prints one table, with ratios to the bare consumer of the same run. A benchmark, not a test: nothing here
 asserts.
 """
@@ -161,6 +165,9 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, help="default: the shape's")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-validate", action="store_true", help="skip the Great Expectations flow run")
+    ap.add_argument(
+        "--prefect-server", action="store_true", help="run the flows against `prefect server start` (PREFECT_API_URL)"
+    )
     args = ap.parse_args()
     patients, hours, partitions, streams = SHAPES[args.shape]
     args.patients = args.patients or patients
@@ -211,6 +218,13 @@ def main() -> None:
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "VITALSTREAM_PARTITIONS": str(args.partitions),
         }
+        server = contextlib.ExitStack()
+        if args.prefect_server:
+            sys.path.insert(0, str(ROOT / "bench"))
+            from startup import prefect_server
+
+            home = Path(tmp) / "prefect-home"
+            env |= {"PREFECT_API_URL": server.enter_context(prefect_server(home)), "PREFECT_HOME": str(home)}
         summary_file = Path(tmp) / "summary.json"
         code = (
             "import json, sys\n"
@@ -225,6 +239,7 @@ def main() -> None:
         # Great Expectations on the run's samples: its own flow run, as the `validate` deployment runs it.
         validate = "import sys\nfrom flows.quality_report import validation_flow\nvalidation_flow(lake=sys.argv[1])\n"
         ge = None if args.no_validate else _sampled([sys.executable, "-c", validate, lake], env)
+        server.close()
         e2e = s["consumed"] / (s["seconds"] - s["startup_s"])  # steady: from the group's assignment on
         print()
         print(f"{'bare kafka-python consumer':<38}{bare:>12,.0f} messages/s   (CPU {bare_cpu:.1f} s)")
