@@ -240,8 +240,9 @@ class Checkpoint:
     # Per head, an isotonic map from probability to calibrated probability: {"x": [...], "y": [...]}
     # knots, applied with linear interpolation; an empty dict leaves the head as it is.
     isotonic: list[dict[str, list[float]]] = field(default_factory=list)
-    # "head": the "any" risk is its own head; "conditions": 1 - prod(1 - p_condition), then calibrated.
-    any_source: str = "head"
+    # "conditions": 1 - prod(1 - p_condition) over the assessed conditions; "head": the any-event head's own
+    # probability (masked where nothing is assessed); either then calibrated per sensor configuration.
+    any_source: str = "conditions"
     # Per sensor configuration (model_contract.sensor_configuration, e.g. "glucose+heart_rate"), an isotonic
     # map for the overall risk combined from that configuration's assessed conditions.
     isotonic_by_config: dict[str, dict[str, list[float]]] = field(default_factory=dict)
