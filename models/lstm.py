@@ -240,8 +240,9 @@ class Checkpoint:
     # Per head, an isotonic map from probability to calibrated probability: {"x": [...], "y": [...]}
     # knots, applied with linear interpolation; an empty dict leaves the head as it is.
     isotonic: list[dict[str, list[float]]] = field(default_factory=list)
-    # "head": the "any" risk is its own head; "conditions": 1 - prod(1 - p_condition), then calibrated.
-    any_source: str = "head"
+    # "conditions": 1 - prod(1 - p_condition) over the assessed conditions; "head": the any-event head's own
+    # probability (masked where nothing is assessed); either then calibrated per sensor configuration.
+    any_source: str = "conditions"
     # Per sensor configuration (model_contract.sensor_configuration, e.g. "glucose+heart_rate"), an isotonic
     # map for the overall risk combined from that configuration's assessed conditions.
     isotonic_by_config: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -270,9 +271,9 @@ class Checkpoint:
         """Network logits [N, heads] -> calibrated probabilities [N, heads] (float64).
 
         With `assessed` ([N, conditions] bool, CONDITIONS order) a condition that is not assessed gets NaN,
-        and the overall risk is 1 - prod(1 - p) over the assessed conditions only, calibrated with the map
-        of its sensor configuration (else the overall map when the checkpoint combines conditions); NaN when
-        nothing is assessed. `keys`: each row's configuration (default: from `assessed` alone)."""
+        and the overall risk (`any_source` "conditions": 1 - prod(1 - p) over the assessed conditions only;
+        "head": the any-event head) is calibrated with the map of its sensor configuration, else the
+        overall map; NaN when nothing is assessed. `keys`: each row's configuration (default: from `assessed` alone)."""
         heads = self.config.heads
         t = np.asarray(self.temperature or [1.0] * len(heads), dtype=np.float64)
         p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / t))
@@ -294,9 +295,11 @@ class Checkpoint:
         pc = np.where(assessed, p[:, cond], np.nan)
         p[:, cond] = pc
         any_i = self.config.heads.index("any")
-        p[:, any_i] = 1.0 - np.prod(1.0 - np.where(assessed, pc, 0.0), axis=1)
+        if self.any_source == "conditions":
+            p[:, any_i] = 1.0 - np.prod(1.0 - np.where(assessed, pc, 0.0), axis=1)
+        # else the any-event head's own probability, which read every input the configuration has
         keys = sensor_configuration(assessed) if keys is None else keys
-        fallback = self.isotonic[any_i] if self.any_source == "conditions" and any_i < len(self.isotonic) else {}
+        fallback = self.isotonic[any_i] if any_i < len(self.isotonic) else {}
         for key in np.unique(keys).tolist():
             knots = self.isotonic_by_config.get(key) or fallback
             rows = keys == key

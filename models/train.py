@@ -332,10 +332,10 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
 
 def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> None:
     """Fit on validation patients: isotonic maps per condition (on the windows that assess it); the overall
-    risk from the assessed conditions (1 - prod(1 - p)) with an isotonic map per sensor configuration,
-    fitted on real validation windows of that configuration where there are enough (else on all of them),
-    and an overall map for configurations without one ("head"/"auto": the any-event head instead, as
-    before); the forecast interval width for the wanted coverage."""
+    risk ("conditions": 1 - prod(1 - p) over the assessed conditions; "head": the any-event head; "auto":
+    the one that ranks validation windows better) with an isotonic map per sensor configuration, fitted on
+    real validation windows of that configuration where there are enough (else on all of them), and an
+    overall map for configurations without one; the forecast interval width for the wanted coverage."""
     logits, forecast = ev.network_outputs(ckpt, val.x)
     raw = 1 / (1 + np.exp(-logits.astype(np.float64)))
     any_i = HEADS.index("any")
@@ -346,37 +346,37 @@ def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> N
         i = HEADS.index(c)
         rows = assessed[:, j]
         ckpt.isotonic[i] = ev.fit_isotonic(raw[rows, i], val.y[rows, i]) if rows.any() else {}
-    candidates = {}
+    keys = sensor_configuration(assessed) if val.keys is None else val.keys
+    y = val.y[:, any_i]
+    overall, candidates = {}, {}
     for source in ("head", "conditions"):
-        ckpt.any_source = source
-        candidates[source] = ev.auroc(val.y[:, any_i], ckpt.probabilities(logits)[:, any_i])
+        ckpt.any_source = source  # no overall maps yet: uncalibrated
+        overall[source] = ckpt.probabilities(logits, assessed, keys)[:, any_i]
+        ok = ~np.isnan(overall[source])
+        candidates[source] = ev.auroc(y[ok], overall[source][ok])
     ckpt.any_source = max(candidates, key=lambda s: candidates[s]) if any_source == "auto" else any_source
     ckpt.metrics["validation_any_auroc"] = candidates
-    if ckpt.any_source != "conditions":
-        ckpt.isotonic[any_i] = ev.fit_isotonic(ckpt.probabilities(logits)[:, any_i], val.y[:, any_i])
-    else:
-        combined = ckpt.probabilities(logits, assessed)[:, any_i]  # no overall maps yet: uncalibrated
-        y = val.y[:, any_i]
-        ckpt.isotonic[any_i] = ev.fit_isotonic(combined, y)
-        keys = sensor_configuration(assessed) if val.keys is None else val.keys
-        real = np.zeros(len(y), bool) if val.source is None else val.source != "sim"
-        who = np.asarray(val.targets.column("patient_id").to_pylist(), dtype=object)
-        fitted = {}
-        for key in sorted(set(keys.tolist())):
-            rows = keys == key
-            for name, pick in (("real", rows & real), ("all", rows)):
-                # enough to fit a map: 200 windows, 10 positives, 5 patients (one patient's base rate is no
-                # calibration for the next)
-                if pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5:
-                    ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[pick], y[pick])
-                    fitted[key] = {
-                        "on": name,
-                        "windows": int(pick.sum()),
-                        "positives": int(y[pick].sum()),
-                        "patients": len(set(who[pick].tolist())),
-                    }
-                    break
-        ckpt.metrics["calibration_by_config"] = fitted
+    combined = overall[ckpt.any_source]
+    ok = ~np.isnan(combined)
+    ckpt.isotonic[any_i] = ev.fit_isotonic(combined[ok], y[ok])
+    real = np.zeros(len(y), bool) if val.source is None else val.source != "sim"
+    who = np.asarray(val.targets.column("patient_id").to_pylist(), dtype=object)
+    fitted = {}
+    for key in sorted(set(keys[ok].tolist())):
+        rows = (keys == key) & ok
+        for name, pick in (("real", rows & real), ("all", rows)):
+            # enough to fit a map: 200 windows, 10 positives, 5 patients (one patient's base rate is no
+            # calibration for the next)
+            if pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5:
+                ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[pick], y[pick])
+                fitted[key] = {
+                    "on": name,
+                    "windows": int(pick.sum()),
+                    "positives": int(y[pick].sum()),
+                    "patients": len(set(who[pick].tolist())),
+                }
+                break
+    ckpt.metrics["calibration_by_config"] = fitted
     # Split-conformal width: the z that covers `forecast_coverage` of validation windows' standardised errors.
     k = len(ckpt.config.forecast_pairs)
     z = []

@@ -335,8 +335,9 @@ def _stream_table(
     v = values[pi, ti]
     censored = np.zeros(len(v), dtype=bool)
     if stream == "glucose":
+        v = np.round(v)  # the reported integer decides: 40.4 reads 40, the sensor's floor, so it is censored
         censored = (v <= CGM_RANGE[0]) | (v >= CGM_RANGE[1])
-        v = np.round(np.clip(v, *CGM_RANGE))
+        v = np.clip(v, *CGM_RANGE)
     else:
         v = np.round(v, 1)
     return _table(ids[pi], np.char.add(f"{prefix}-", ids[pi].astype(str)), stream, event_ms, v, None, None, censored)

@@ -225,6 +225,20 @@ def test_the_overall_risk_is_calibrated_per_sensor_configuration(tiny: Checkpoin
     assert sensor_configuration(assessed).tolist() == ["glucose", "glucose+heart_rate", ""]
 
 
+def test_an_overall_risk_from_the_any_event_head_is_masked_and_calibrated_per_configuration(tiny: Checkpoint) -> None:
+    logits = np.zeros((3, len(tiny.config.heads)))
+    logits[:, 0] = np.log(0.2 / 0.8)  # the any-event head at p = 0.2, every condition at p = 0.5
+    assessed = np.array([[True, True, False, False, False], [True, True, True, False, False], [False] * 5], dtype=bool)
+    ckpt = dataclasses.replace(
+        tiny, any_source="head", isotonic_by_config={"glucose": {"x": [0.0, 1.0], "y": [0.0, 0.5]}}
+    )
+    p = ckpt.probabilities(logits, assessed)
+    assert p[0, 0] == pytest.approx(0.1)  # the head's 0.2 through the glucose map, not 1 - prod(1 - p)
+    assert p[1, 0] == pytest.approx(0.2)  # no map for glucose+heart_rate
+    assert np.isnan(p[2]).all()  # nothing assessed: no overall risk even though the head answers
+    assert np.isnan(p[0, 3:]).all() and p[0, 1] == pytest.approx(0.5)
+
+
 def test_the_scorer_runs_the_network_on_the_threads_it_was_given_with_the_same_scores(tiny: Checkpoint) -> None:
     """A scoring run limits PyTorch to one thread (runtime.wiring.SCORING_THREADS): set in the thread that runs
     the network, and the scores do not depend on it."""
