@@ -200,7 +200,12 @@ def test_produced_messages_come_back_as_raw_batches_per_topic(session_broker: Em
             assert [v for _, v in in_part] == produced_order  # offsets follow the order of production
 
 
-def test_resume_from_starts_each_partition_at_the_checkpointed_offset(session_broker: EmbeddedBroker) -> None:
+@pytest.mark.parametrize("after_join", [False, True], ids=["before-the-join", "after-the-join"])
+def test_resume_from_starts_each_partition_at_the_checkpointed_offset(
+    session_broker: EmbeddedBroker, after_join: bool
+) -> None:
+    """Offsets given before the join apply on assignment; given after it (a consumer process started early
+    joins before the state checkpoint is read), they seek the partitions already assigned."""
     s = settings(session_broker, partitions=1, instance=(0, 1))
     ensure_topics(s)
     prod = producer(s)
@@ -210,6 +215,8 @@ def test_resume_from_starts_each_partition_at_the_checkpointed_offset(session_br
         prod.close()
     consumer = StreamConsumer(s, group=f"g-{s.topic_prefix}")
     try:
+        if after_join:
+            consumer.wait_for_assignment(timeout_s=10)
         consumer.resume_from({f"{s.topic('respiration')}:0": 6})
         consumer.wait_for_assignment(timeout_s=10)
         got: list[RawBatch] = []
@@ -287,28 +294,6 @@ def test_live_topics_publish_every_row_chunk_by_chunk(session_broker: EmbeddedBr
     )
     events = read_topic(session_broker.bootstrap, kafka.alerts_topic(), at_least=4)
     assert sorted(k for k, _ in events) == ["P1", "P2", "P3", "P4"]
-
-
-def test_resume_from_after_the_join_seeks_the_assigned_partitions(session_broker: EmbeddedBroker) -> None:
-    """A consumer process started early joins before the state checkpoint is read: the offsets come after."""
-    s = settings(session_broker, partitions=1, instance=(0, 1))
-    ensure_topics(s)
-    prod = producer(s)
-    try:
-        produce(prod, s, [("respiration", b"P1", b"%d" % i, T0 + i) for i in range(10)])
-    finally:
-        prod.close()
-    consumer = StreamConsumer(s, group=f"g-{s.topic_prefix}")
-    try:
-        consumer.wait_for_assignment(timeout_s=10)
-        consumer.resume_from({f"{s.topic('respiration')}:0": 6})
-        got: list[RawBatch] = []
-        deadline = time.monotonic() + 15
-        while sum(len(b) for b in got) < 4 and time.monotonic() < deadline:
-            got += consumer.poll_batch(timeout_ms=500)
-    finally:
-        consumer.close()
-    assert [int(o) for b in got for o in b.offsets] == [6, 7, 8, 9]
 
 
 def test_an_empty_poll_that_the_broker_answered_proves_it_reachable_without_asking_again(
