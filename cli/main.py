@@ -392,7 +392,10 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
 
     q = s["quarantined"]
     rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
-    print(f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s ({rate:,.0f} messages/s)")
+    print(
+        f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s ({rate:,.0f} messages/s; "
+        f"{s.get('startup_s', 0.0):.1f} s of it waiting for the consumer's start and group join)"
+    )
     print(f"  consumed      {s['consumed']:>10,}")
     print(f"  in windows    {s['windowed']:>10,}   ({s['windows']:,} windows scored)")
     print(f"  duplicates    {s['duplicates']:>10,}")
