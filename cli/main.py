@@ -27,13 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The program; `argv` None: the process's own command line (the console script, `python -m cli.main`)."""
     global _PROGRAM
     _PROGRAM = argv is None
-    try:
-        return _main(argv)
-    finally:
-        if _PROGRAM:
-            # The interpreter's exit would collect every object the imports made (Prefect's are many): half a
-            # second of wall time for a run that finds nothing (docs/performance.md). Frozen, the OS frees them.
-            gc.freeze()
+    return _main(argv)
 
 
 _PROGRAM = False  # main() runs as the program, not called by a test or another program
@@ -42,7 +36,9 @@ _PROGRAM = False  # main() runs as the program, not called by a test or another 
 @contextlib.contextmanager
 def _importing() -> Iterator[None]:
     """Heavy imports (Prefect): the garbage collector paused while they create objects that live as long as
-    the process, and, in the program, those frozen afterwards so that later collections skip them."""
+    the process, and, in the program, those frozen afterwards so that later collections (the interpreter's
+    exit included) skip them. Only these: objects frozen at exit are never destroyed, and extensions that
+    check for leaks at shutdown (DuckDB's nanobind) then print a page of warnings."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
