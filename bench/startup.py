@@ -82,7 +82,9 @@ def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, fl
         sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - w0
-    waited = re.search(r"([0-9.]+) s of it waiting for the consumer's start and group join", out.read_text())
+    from cli.main import JOIN_WAIT
+
+    waited = re.search(rf"([0-9.]+) {re.escape(JOIN_WAIT)}", out.read_text())
     sampler.stop.set()
     sampler.join()
     if os.waitstatus_to_exitcode(status):

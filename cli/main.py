@@ -383,6 +383,10 @@ def fresh_demo_lake(lake: Path) -> None:
     (lake / DEMO_MARK).write_text("written by `vitalstream demo`: the next demo replaces this lake\n")
 
 
+# How the summary says what part of a run waited for its consumer (bench/startup.py reads the figure before it).
+JOIN_WAIT = "s of it waiting for the consumer's start and group join"
+
+
 def _print_summary(s: dict[str, Any], settings: Any) -> None:
     from ops.query import latest_risk
 
@@ -390,7 +394,7 @@ def _print_summary(s: dict[str, Any], settings: Any) -> None:
     rate = s["consumed"] / s["seconds"] if s["seconds"] else 0.0
     print(
         f"\nrun {s['run_id']} ({s['mode']}): {s['batches']} batches in {s['seconds']:.1f} s ({rate:,.0f} messages/s; "
-        f"{s.get('startup_s', 0.0):.1f} s of it waiting for the consumer's start and group join)"
+        f"{s.get('startup_s', 0.0):.1f} {JOIN_WAIT})"
     )
     print(f"  consumed      {s['consumed']:>10,}")
     print(f"  in windows    {s['windowed']:>10,}   ({s['windows']:,} windows scored)")

@@ -4,6 +4,7 @@ same union of results as one process, and no patient is scored by both."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from conftest import assert_same_lake
 from kafka.admin import KafkaAdminClient
 
+from cli.main import JOIN_WAIT
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
 from sim.broker import EmbeddedBroker
@@ -72,6 +74,8 @@ def test_two_instances_give_the_union_of_one_process_and_split_the_patients(
         patients.append(set(ds.dataset(files, format="parquet").to_table().column("patient_id").to_pylist()))
     assert patients[0] and patients[1] and not patients[0] & patients[1]  # no patient scored by both
     consumed = [int(out.split("consumed")[1].split()[0].replace(",", "")) for out, _ in outs]
+    # each summary says how long its run waited for the consumer (bench/startup.py reads it)
+    assert all(re.search(rf"\d+\.\d {re.escape(JOIN_WAIT)}", out) for out, _ in outs), outs
     assert sum(consumed) == produced and all(consumed)
     # Both committed to the one group: its offsets cover the whole input (lag monitoring works).
     admin = KafkaAdminClient(bootstrap_servers=[broker.bootstrap])
