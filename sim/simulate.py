@@ -110,7 +110,7 @@ def simulate(config: SimulationConfig) -> Simulation:
 
     falls_t: list[np.ndarray] = [np.empty(0)] * n
     stumbles_t: list[np.ndarray] = [np.empty(0)] * n
-    episodes = _episodes(rng, profile, config.hours)
+    episodes = _episodes(rng, profile, config.hours, t_g, glucose)
     precursor = [_apply_episode(rng, ep, t_v, t_g, hr, rr, glucose, activity, falls_t, stumbles_t) for ep in episodes]
     episode_table = pa.table(
         {
@@ -197,14 +197,23 @@ def _meal_response(rng: np.random.Generator, n: int, t_g: np.ndarray, start: int
 
 
 # Precursors: a share of episodes comes with no warning; glucose moves towards the episode's level at a CGM
-# rate of change of 1-3 mg/dL/min (the trend-arrow bands of CGM manuals); heart and respiration rate creep
-# for 1-4 hours before a decompensation of minutes (abnormal vitals 1-4 h before most in-hospital cardiac
-# arrests: Andersen et al., Resuscitation 2016); activity falls and low-confidence stumbles appear 0.5-3 hours
-# before a fall (an assumption, like the creep's shape and the no-warning share). See the model card.
+# rate of change of 1-3 mg/dL/min (the trend-arrow bands of CGM manuals), and at 3-5 mg/dL/min ("rapidly
+# falling/rising", the fastest band) when there is no other warning: glucose cannot jump, so even an
+# unwarned glucose episode shows on the CGM for 10-20 minutes. Heart and respiration rate creep for 1-4 hours
+# before a decompensation of minutes (abnormal vitals 1-4 h before most in-hospital cardiac arrests: Andersen
+# et al., Resuscitation 2016); activity falls and low-confidence stumbles appear 0.5-3 hours before a fall
+# (an assumption, like the creep's shape and the no-warning share). See the model card.
 NO_PRECURSOR_SHARE = 0.25
 GLUCOSE_RATE_MG_DL_MIN = (1.0, 3.0)
+GLUCOSE_FAST_RATE_MG_DL_MIN = (3.0, 5.0)
 CREEP_MINUTES = (60.0, 240.0)
 FALL_PRODROME_MINUTES = (30.0, 180.0)
+# Where a glucose episode starts: hypoglycaemia where glucose already runs low, hyperglycaemia where it runs
+# high. The onset is drawn with weight exp(-(g - 70) / 20) (hypo) or exp((g - 180) / 40) (hyper) over the
+# patient's own trajectory g before the episode. A uniform onset made the glucose level nearly useless as a
+# predictor (P(onset within 60 min | 70-90 mg/dL) 4.5 % against 13-23 % in real type-1 cohorts); see
+# docs/model.md, "What real recordings taught".
+GLUCOSE_ONSET_SCALE_MG_DL = {0: (70.0, -20.0), 1: (180.0, 40.0)}  # condition -> (reference, scale)
 
 
 class Episode(NamedTuple):
@@ -214,13 +223,24 @@ class Episode(NamedTuple):
     strength: float  # 0 = no precursor; else (0.3, 1]: how early and clearly the precursor shows
 
 
-def _episodes(rng: np.random.Generator, profile: np.ndarray, hours: float) -> list[Episode]:
+def _episodes(
+    rng: np.random.Generator, profile: np.ndarray, hours: float, t_g: np.ndarray, glucose: np.ndarray
+) -> list[Episode]:
     out = []
     rates = EPISODE_RATE[profile] * hours
     counts = rng.poisson(rates)
+    step = float(t_g[1] - t_g[0]) if len(t_g) > 1 else hours * 3600
     for p, c in zip(*np.nonzero(counts), strict=True):
+        weights = None
+        if c in GLUCOSE_ONSET_SCALE_MG_DL:
+            ref, scale = GLUCOSE_ONSET_SCALE_MG_DL[c]
+            weights = np.exp(np.clip((glucose[p] - ref) / scale, -30, 30))
+            weights /= weights.sum()
         for _ in range(counts[p, c]):
-            onset = rng.uniform(0.0, 1.0) * hours * 3600  # anywhere, early in the record included
+            if weights is None:
+                onset = rng.uniform(0.0, 1.0) * hours * 3600  # anywhere, early in the record included
+            else:
+                onset = float(t_g[rng.choice(len(t_g), p=weights)] + rng.uniform(0.0, step))
             strength = 0.0 if rng.random() < NO_PRECURSOR_SHARE else rng.uniform(0.3, 1.0)
             out.append(Episode(int(p), int(c), onset, strength))
     return out
@@ -262,17 +282,15 @@ def _apply_episode(
     name = CONDITIONS[ep.condition]
     if name in ("hypoglycaemia", "hyperglycaemia"):
         target = rng.uniform(38, 55) if name == "hypoglycaemia" else rng.uniform(270, 380)
-        rate = rng.uniform(*GLUCOSE_RATE_MG_DL_MIN) * 60 / 3600  # mg/dL per second
+        rate = rng.uniform(*(GLUCOSE_RATE_MG_DL_MIN if warned else GLUCOSE_FAST_RATE_MG_DL_MIN)) / 60  # mg/dL/s
         at = np.interp(onset, t_g, glucose[p])
-        lead = 60.0
-        if warned:
-            lead = abs(at - target) / rate
-            lead = float(np.clip(abs(np.interp(onset - lead, t_g, glucose[p]) - target) / rate, 600, 3 * 3600))
+        lead = abs(at - target) / rate
+        lead = float(np.clip(abs(np.interp(onset - lead, t_g, glucose[p]) - target) / rate, 300, 3 * 3600))
         shape = _ramp(t_g, onset, lead, duration)
         glucose[p] = glucose[p] + (target - glucose[p]) * shape
         if name == "hypoglycaemia" and warned:
             hr[p] += 12 * _ramp(t_v, onset, lead, duration) ** 2  # adrenergic response, late in the fall
-        return _visible_minutes(lead, 1.0) if warned else 0.0
+        return _visible_minutes(lead, 1.0)
     if name in ("cardiac", "respiratory"):
         high = rng.random() < (0.8 if name == "cardiac" else 0.85)
         if name == "cardiac":

@@ -279,3 +279,22 @@ def test_a_conditions_skip_path_reads_only_its_own_streams_inputs() -> None:
     i = {h: HEADS.index(h) for h in ("any", "hypoglycaemia", "cardiac")}
     assert a[i["hypoglycaemia"]] == pytest.approx(b[i["hypoglycaemia"]])  # glucose inputs only
     assert b[i["cardiac"]] > a[i["cardiac"]] and b[i["any"]] > a[i["any"]]
+
+
+def test_real_patients_split_the_same_way_whatever_the_training_seed() -> None:
+    """The promotion rule scores the shipped checkpoint on the candidate's test windows: with a split that
+    followed the training seed, one checkpoint's training patients were the other's test patients."""
+    from models.train import build_data
+
+    def real_split(seed: int, real: tuple[str, ...]) -> dict[str, set[str]]:
+        cfg = TrainConfig(patients=8, hours=1.0, seed=seed, real=real, real_patients=12, real_hours=24.0)
+        splits = build_data(cfg)[0]
+        return {
+            k: {p for p in s.targets.column("patient_id").to_pylist() if p.startswith("ddatshr")}
+            for k, s in splits.items()
+        }
+
+    first = real_split(1, ("ddatshr",))
+    assert first["test"] and first["train"]
+    assert real_split(2, ("ddatshr",)) == first  # another seed: the same real patients in each part
+    assert real_split(1, ("mimic3_demo", "ddatshr")) == first  # and whichever other cohorts are loaded

@@ -106,3 +106,24 @@ def test_cgm_error_is_smooth_and_lags_blood_glucose() -> None:
     seen = _cgm_error(np.random.default_rng(1), step, 300.0)
     assert np.median(seen[:, 72] / 200.0) < 0.8  # 5 minutes after the jump the sensor has not caught up
     assert np.median(seen[:, 80] / 200.0) > 0.9
+
+
+def test_glucose_episodes_start_where_glucose_already_runs_there_and_never_jump() -> None:
+    from sim.simulate import _episodes
+
+    # a trajectory that runs low in its second half: hypoglycaemia starts there far more often
+    t_g = np.arange(0, 12 * 3600, 300, dtype=float)
+    glucose = np.where(t_g < 6 * 3600, 160.0, 80.0)[None, :]
+    onsets = [
+        ep.onset_s
+        for seed in range(40)
+        for ep in _episodes(np.random.default_rng(seed), np.array([1]), 12.0, t_g, glucose)
+        if ep.condition == 0
+    ]
+    assert len(onsets) > 20 and np.mean(np.asarray(onsets) >= 6 * 3600) > 0.9
+    # even an episode with no other warning moves glucose at a CGM rate: it shows before its onset
+    sim = simulate(SimulationConfig(patients=300, hours=12.0, seed=5, start_ms=T0))
+    eps = sim.episodes
+    assert eps is not None
+    glucose_eps = eps.filter(pc.is_in(eps.column("condition"), pa.array(["hypoglycaemia", "hyperglycaemia"])))
+    assert len(glucose_eps) > 20 and pc.min(glucose_eps.column("precursor_minutes")).as_py() >= 4.0
