@@ -2,8 +2,8 @@
 server is configured.
 
 Prefect starts a temporary local server itself in that case, but to launch it, it imports the whole server
-application (FastAPI, SQLAlchemy, Prefect's models) into the calling process: 96 MiB more at the scoring
-process's peak at 50,000 patients than with a configured server (docs/performance.md, issue 14). `started`
+application (FastAPI, SQLAlchemy, Prefect's models) into the calling process: at 50,000 patients the run's
+peak memory was 63-66 MiB higher that way, over 1 GiB (docs/performance.md, issue 14). `started`
 launches the same server the same way (uvicorn, Prefect's app factory, the environment Prefect's launcher
 gives it) without importing Prefect, and sets PREFECT_API_URL for this process before Prefect is imported,
 so that Prefect uses it as a configured server. It is launched first thing, so that its start-up overlaps
@@ -78,14 +78,19 @@ class LocalServer:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the server's stderr until `stop` closes it)
         argv = ["--app-dir", str(app_dir), "--factory", "prefect.server.api.server:create_app"]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(os.getpid()), *argv],
-            env={**(os.environ if env is None else env), **SERVER_ENV},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            start_new_session=True,  # Ctrl-C reaches this process, which then ends its flow run and stops it
-        )
+        try:
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(os.getpid()), *argv],
+                env={**(os.environ if env is None else env), **SERVER_ENV},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                start_new_session=True,  # Ctrl-C reaches this process, which then ends its flow run and stops it
+            )
+        except BaseException:
+            self._reserved.close()
+            self._stderr.close()
+            raise
         self._healthy = False
         self._said_before = 0
         atexit.register(self.stop)
@@ -98,11 +103,12 @@ class LocalServer:
             return
         import urllib.request  # here, not at the launch, which comes first in a command
 
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP(S)_PROXY for 127.0.0.1
         if timeout_s is None:
             timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 60)
         deadline = time.monotonic() + timeout_s
         while self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+            with contextlib.suppress(OSError), direct.open(f"{self.url}/health", timeout=2) as answer:
                 if answer.status == 200:
                     self._healthy = True
                     self._reserved.close()
