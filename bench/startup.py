@@ -9,8 +9,9 @@
    excludes the join, and the run overlaps it with its own start-up, so only the wait left after that
    overlap is subtracted: the join alone above can be longer than the whole run), CPU time of the run's
    whole process tree (user + system, its children included) and per process, and peak RSS of the tree,
-   sampled as in bench/throughput.py. First with no Prefect server configured (Prefect starts a temporary
-   one), then with `prefect server start` running and PREFECT_API_URL set, as under a deployment.
+   sampled as in bench/throughput.py. First with no Prefect server configured (the run starts a local one:
+   runtime/prefect_api.py), then with `prefect server start` running and PREFECT_API_URL set, as under a
+   deployment.
 A benchmark, not a test: nothing here asserts.
 """
 

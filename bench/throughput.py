@@ -13,9 +13,9 @@ and `single` (one topic, heart rate only: 2,000 patients x 0.31 h on 4 partition
    consumer's start and the group join; wall time including Prefect's start-up; peak RSS and CPU time per
    process);
 5. unless --no-validate, Great Expectations validates the run's samples as its own flow run.
-Without a Prefect server configured, Prefect starts a temporary one for the run (counted apart), and the
-scoring process then also holds Prefect's server code (about 80 MiB); `--prefect-server` runs the flow
-against `prefect server start` instead (PREFECT_API_URL set, as under `vitalstream serve` or a work pool).
+Without a Prefect server configured, the run starts a local one as `vitalstream run` does (runtime.prefect_api;
+counted apart); `--prefect-server` runs the flow against `prefect server start` instead (PREFECT_API_URL set, as
+under `vitalstream serve` or a work pool).
 Prints one table, with ratios to the bare consumer of the same run. A benchmark, not a test: nothing here
 asserts.
 """
@@ -58,6 +58,14 @@ while n < total:
 u = resource.getrusage(resource.RUSAGE_SELF)
 print(n / (time.perf_counter() - t0), u.ru_utime + u.ru_stime)
 """
+
+# A child's program (%s: its body, which calls ready() before its flow), run as the CLI runs its flows.
+WITH_API = """\
+import json, sys
+from runtime import prefect_api
+with prefect_api.started() as api:
+    ready = api.ready if api is not None else lambda: None
+%s"""
 
 SHAPES = {  # patients, hours, partitions, streams
     "bench": (10_000, 0.2, 3, None),
@@ -226,18 +234,21 @@ def main() -> None:
             home = Path(tmp) / "prefect-home"
             env |= {"PREFECT_API_URL": server.enter_context(prefect_server(home)), "PREFECT_HOME": str(home)}
         summary_file = Path(tmp) / "summary.json"
-        code = (
-            "import json, sys\n"
-            "from pipeline.config import load_settings\n"
-            "from flows.scoring import scoring_flow\n"
-            "s = load_settings().with_overrides(lake=sys.argv[2], group='bench')\n"
-            "json.dump(scoring_flow(s, sys.argv[1], mode='drain'), open(sys.argv[3], 'w'), default=str)\n"
+        # As `vitalstream run` does: Prefect's local server launched first when none is configured (WITH_API).
+        code = WITH_API % (
+            "    from pipeline.config import load_settings\n"
+            "    from flows.scoring import scoring_flow\n"
+            "    s = load_settings().with_overrides(lake=sys.argv[2], group='bench')\n"
+            "    ready()\n"
+            "    json.dump(scoring_flow(s, sys.argv[1], mode='drain'), open(sys.argv[3], 'w'), default=str)\n"
         )
         lake = str(Path(tmp) / "lake")
         wall, sampler = _sampled([sys.executable, "-c", code, broker.bootstrap, lake, str(summary_file)], env)
         s = json.loads(summary_file.read_text())
         # Great Expectations on the run's samples: its own flow run, as the `validate` deployment runs it.
-        validate = "import sys\nfrom flows.quality_report import validation_flow\nvalidation_flow(lake=sys.argv[1])\n"
+        validate = WITH_API % (
+            "    from flows.quality_report import validation_flow\n    ready()\n    validation_flow(lake=sys.argv[1])\n"
+        )
         ge = None if args.no_validate else _sampled([sys.executable, "-c", validate, lake], env)
         server.close()
         e2e = s["consumed"] / (s["seconds"] - s["startup_s"])  # steady: from the group's assignment on

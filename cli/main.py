@@ -297,28 +297,33 @@ def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, s
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.consumer_process import Launched
+    from runtime import prefect_api
 
-    # The consumer process's interpreter first: it loads its libraries while this one loads the settings.
+    # The consumer process's interpreter first, then Prefect's API server where none is configured: both load
+    # their libraries while this one loads the settings.
     child = Launched()
     try:
-        settings = _settings(
-            args,
-            bootstrap=args.bootstrap,
-            lake=args.lake,
-            group=args.group,
-            scoring_engine=args.engine,
-            instance=args.instance,
-        )
-        if not settings.bootstrap:
-            raise ConfigError(_NO_BROKER_HINT)
-        summary = _run_flow(settings, settings.bootstrap, args.mode, child)
+        with prefect_api.started() as api:
+            settings = _settings(
+                args,
+                bootstrap=args.bootstrap,
+                lake=args.lake,
+                group=args.group,
+                scoring_engine=args.engine,
+                instance=args.instance,
+            )
+            if not settings.bootstrap:
+                raise ConfigError(_NO_BROKER_HINT)
+            summary = _run_flow(settings, settings.bootstrap, args.mode, child, api)
     finally:
         child.close()  # stopped if the run never took it (a failed preflight)
     _print_summary(summary, settings)
     return 0 if summary["balanced"] else 1
 
 
-def _run_flow(settings: Any, bootstrap: str, mode: str, child: Any = None) -> dict[str, Any]:
+def _run_flow(settings: Any, bootstrap: str, mode: str, child: Any = None, api: Any = None) -> dict[str, Any]:
+    """`child`: the consumer's interpreter, launched ahead; `api`: Prefect's local server, launched ahead
+    (runtime.prefect_api), waited for right before the flow run."""
     from runtime.wiring import consumer_started, preflight
 
     preflight(settings, bootstrap)  # expected failures surface here, as one line, before Prefect starts a run
@@ -329,6 +334,8 @@ def _run_flow(settings: Any, bootstrap: str, mode: str, child: Any = None) -> di
 
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_drop_expected_tracebacks)
+        if api is not None:
+            api.ready()
         result: dict[str, Any] = scoring_flow(settings, bootstrap, mode=mode, progress=True)  # type: ignore[call-overload]
     # Great Expectations on the run's sample: its own flow run, after the scoring run's consumer has gone
     # (a deployment every few minutes under `vitalstream serve`); none when there is no sample to validate.
@@ -350,15 +357,16 @@ def _drop_expected_tracebacks(record: logging.LogRecord) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from runtime import prefect_api
     from sim.broker import EmbeddedBroker
 
     settings = _settings(args, lake=args.lake, scoring_engine=args.engine)
     fresh_demo_lake(settings.lake)
-    with EmbeddedBroker() as broker:
+    with prefect_api.started() as api, EmbeddedBroker() as broker:
         print(f"embedded broker at {broker.bootstrap}")
         n = _simulate_into(settings, broker.bootstrap, args.patients, args.hours, args.seed)
         print(f"produced {n:,} messages ({args.patients} patients x {args.hours} h, seed {args.seed})")
-        summary = _run_flow(settings, broker.bootstrap, "drain")
+        summary = _run_flow(settings, broker.bootstrap, "drain", api=api)
     _print_summary(summary, settings)
     _demo_report(settings)
     return 0 if summary["balanced"] else 1
@@ -491,6 +499,13 @@ def _cohorts(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from runtime import prefect_api
+
+    with prefect_api.started() as api:  # before Prefect is imported (by flows.training)
+        return _train(args, api)
+
+
+def _train(args: argparse.Namespace, api: Any) -> int:
     from flows.training import training_flow
     from models.lstm import DEFAULT_CHECKPOINT
     from models.train import print_result
@@ -498,6 +513,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_CHECKPOINT
     real = tuple(c for c in _cohorts(args) if c != args.holdout)
     roots = tuple(str(r) for r in args.real_data)
+    if api is not None:
+        api.ready()
     result = training_flow(
         args.patients,
         args.hours,
