@@ -406,7 +406,8 @@ def should_promote(new: dict[str, Any], shipped: dict[str, Any] | None) -> tuple
     were scored on real held-out windows (`real`: per cohort and sensor configuration with enough events),
     that decides: a higher mean AUROC over those groups and none lower by more than PROMOTION_TOLERANCE.
     Otherwise the overall AUROC on the simulated test windows decides (ties keep the shipped one, which is
-    known to work downstream)."""
+    known to work downstream); so too when the shipped checkpoint split the real patients differently
+    (`shipped_figures`), since some of the candidate's real test patients were then its training patients."""
     if shipped is None:
         return True, "no usable shipped checkpoint to compare with"
     new_real, old_real = new.get("real", {}), shipped.get("real", {})
@@ -421,9 +422,13 @@ def should_promote(new: dict[str, Any], shipped: dict[str, Any] | None) -> tuple
         if mean > 0 and gains[worst] >= -PROMOTION_TOLERANCE:
             return True, what
         return False, what + f" (needs > 0 and >= -{PROMOTION_TOLERANCE})"
+    why = f" (real windows not compared: {shipped['not_compared']})" if shipped.get("not_compared") else ""
     if new["auroc"] > shipped["auroc"]:
-        return True, f"AUROC {new['auroc']:.3f} > shipped {shipped['auroc']:.3f} on the same test windows"
-    return False, f"AUROC {new['auroc']:.3f} <= shipped {shipped['auroc']:.3f} on the same test windows"
+        return (
+            True,
+            f"AUROC {new['auroc']:.3f} > shipped {shipped['auroc']:.3f} on the same simulated test windows{why}",
+        )
+    return False, f"AUROC {new['auroc']:.3f} <= shipped {shipped['auroc']:.3f} on the same simulated test windows{why}"
 
 
 def figures(ckpt: Checkpoint, test: Split) -> dict[str, Any]:
@@ -456,7 +461,21 @@ def shipped_figures(path: Path, ckpt: Checkpoint, test: Split) -> tuple[dict[str
         return None, f"unusable: {str(exc).removeprefix(f'{path}: ')}"  # the card is read elsewhere: no local path
     if old.config.horizon_minutes != ckpt.config.horizon_minutes or old.feature_names != ckpt.feature_names:
         return None, f"{old.version}: another horizon or feature set, not comparable"
-    return figures(old, test), old.version
+    shipped = figures(old, test)
+    if not same_real_split(old.training.get("config", {}), ckpt.training.get("config", {})):
+        # its training patients may be among these test patients: only the simulated windows are fair
+        shipped["real"] = {}
+        shipped["not_compared"] = "the shipped checkpoint was trained on another split of the real patients"
+    return shipped, old.version
+
+
+SPLIT_FIELDS = ("split_seed", "real_patients", "real_hours", "test_fraction", "val_fraction")
+
+
+def same_real_split(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two training configurations drew and split the real patients alike (checkpoints trained
+    before `split_seed` existed split by the training seed: never alike)."""
+    return all(f in a and f in b and a[f] == b[f] for f in SPLIT_FIELDS)
 
 
 def leave_one_dataset_out(cfg: TrainConfig, cohorts: tuple[str, ...], log: Any = print) -> dict[str, Any]:

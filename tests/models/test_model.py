@@ -106,6 +106,21 @@ def test_the_promotion_rule() -> None:
     assert should_promote({"auroc": 0.8, "real": few}, {"auroc": 0.7, "real": {"a [glucose]": {"auroc": 0.9}}})[0]
 
 
+def test_real_windows_are_compared_only_between_checkpoints_that_split_real_patients_alike() -> None:
+    from dataclasses import asdict
+
+    from models.train import same_real_split
+
+    a = asdict(TrainConfig())
+    assert same_real_split(a, asdict(TrainConfig(seed=7)))  # the training seed no longer moves the split
+    assert not same_real_split(a, asdict(TrainConfig(split_seed=1)))
+    assert not same_real_split(a, asdict(TrainConfig(real_patients=50)))
+    assert not same_real_split({k: v for k, v in a.items() if k != "split_seed"}, a)  # trained before split_seed
+    shipped = {"auroc": 0.70, "real": {}, "not_compared": "trained on another split"}
+    verdict, reason = should_promote({"auroc": 0.72, "real": {"a [glucose]": {"auroc": 0.6, "positives": 50}}}, shipped)
+    assert verdict and "simulated" in reason and "another split" in reason
+
+
 def test_the_flow_keeps_a_better_shipped_checkpoint_and_writes_the_new_one_as_a_candidate(tmp_path: Path) -> None:
     from flows.training import training_flow
 
