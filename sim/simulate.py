@@ -213,7 +213,10 @@ FALL_PRODROME_MINUTES = (30.0, 180.0)
 # patient's own trajectory g before the episode. A uniform onset made the glucose level nearly useless as a
 # predictor (P(onset within 60 min | 70-90 mg/dL) 4.5 % against 13-23 % in real type-1 cohorts); see
 # docs/model.md, "What real recordings taught".
-GLUCOSE_ONSET_SCALE_MG_DL = {0: (70.0, -20.0), 1: (180.0, 40.0)}  # condition -> (reference, scale)
+GLUCOSE_ONSET_SCALE_MG_DL = {  # condition index (CONDITIONS order) -> (reference, scale)
+    CONDITIONS.index("hypoglycaemia"): (70.0, -20.0),
+    CONDITIONS.index("hyperglycaemia"): (180.0, 40.0),
+}
 
 
 class Episode(NamedTuple):

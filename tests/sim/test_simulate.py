@@ -109,7 +109,8 @@ def test_cgm_error_is_smooth_and_lags_blood_glucose() -> None:
 
 
 def test_glucose_episodes_start_where_glucose_already_runs_there_and_never_jump() -> None:
-    from sim.simulate import _episodes
+    from pipeline.model_contract import CONDITIONS
+    from sim.simulate import PROFILES, _episodes
 
     # a trajectory that runs low in its second half: hypoglycaemia starts there far more often
     t_g = np.arange(0, 12 * 3600, 300, dtype=float)
@@ -117,8 +118,10 @@ def test_glucose_episodes_start_where_glucose_already_runs_there_and_never_jump(
     onsets = [
         ep.onset_s
         for seed in range(40)
-        for ep in _episodes(np.random.default_rng(seed), np.array([1]), 12.0, t_g, glucose)
-        if ep.condition == 0
+        for ep in _episodes(
+            np.random.default_rng(seed), np.array([PROFILES.index("type1_diabetic")]), 12.0, t_g, glucose
+        )
+        if ep.condition == CONDITIONS.index("hypoglycaemia")
     ]
     assert len(onsets) > 20 and np.mean(np.asarray(onsets) >= 6 * 3600) > 0.9
     # even an episode with no other warning moves glucose at a CGM rate: it shows before its onset
