@@ -47,7 +47,9 @@ def main() -> None:
     from kafka.partitioner.default import murmur2
 
     from pipeline.config import Settings
-    from pipeline.kafka_io import KafkaSettings, ensure_topics, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import producer
+    from pipeline.kafka_settings import KafkaSettings
     from sim.broker import EmbeddedBroker
     from sim.simulate import SimulationConfig, encode, simulate
 

@@ -97,7 +97,8 @@ def run_once(env: dict[str, str], bootstrap: str, lake: Path) -> tuple[float, fl
 
 
 def group_join_s(bootstrap: str) -> float:
-    from pipeline.kafka_io import KafkaSettings, StreamConsumer
+    from pipeline.kafka_io import StreamConsumer
+    from pipeline.kafka_settings import KafkaSettings
 
     consumer = StreamConsumer(KafkaSettings(bootstrap), group=f"join-{time.time_ns()}")
     try:
@@ -118,7 +119,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from pipeline.kafka_io import KafkaSettings, ensure_topics
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_settings import KafkaSettings
     from sim.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:

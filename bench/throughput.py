@@ -182,7 +182,9 @@ def main() -> None:
     args.hours = args.hours or hours
     args.partitions = args.partitions or partitions
 
-    from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import produce, producer
+    from pipeline.kafka_settings import KafkaSettings
     from sim.broker import EmbeddedBroker
     from sim.simulate import SimulationConfig, encode, simulate
 

@@ -13,9 +13,12 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.errors import ConfigError, VitalStreamError
+
+if TYPE_CHECKING:
+    from runtime.loop import Mode
 
 _NO_BROKER_HINT = (
     "no Kafka bootstrap address: pass --bootstrap host:port or set VITALSTREAM_BOOTSTRAP "
@@ -241,7 +244,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import produce, producer
+    from pipeline.kafka_settings import check_reachable
     from sim.replay import BIDMC_CSV, bidmc_messages, is_tidy, read_bidmc, read_tidy, tidy_messages
 
     settings = _settings(args, bootstrap=args.bootstrap)
@@ -273,7 +278,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _simulate_into(settings: Any, bootstrap: str, patients: int, hours: float, seed: int) -> int:
-    from pipeline.kafka_io import check_reachable, ensure_topics, produce, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import produce, producer
+    from pipeline.kafka_settings import check_reachable
     from sim.simulate import SimulationConfig, encode, simulate
 
     kafka = settings.kafka(bootstrap)
@@ -328,7 +335,7 @@ def _run_flow(settings: Any, bootstrap: str, mode: str, child: Any = None, api: 
 
     preflight(settings, bootstrap)  # expected failures surface here, as one line, before Prefect starts a run
     # The consumer joins its group first: the join overlaps importing Prefect and creating the flow run.
-    with consumer_started(settings, bootstrap, child):
+    with consumer_started(settings, bootstrap, cast("Mode", mode), child):
         with _importing():
             from flows.scoring import scoring_flow
 

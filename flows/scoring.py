@@ -1,9 +1,10 @@
 """The scoring flow: a Prefect run around the run loop (runtime.loop, wired by runtime.wiring).
 
-What Prefect adds: the topics prepared with retries, a named run with its logs, and the artifacts the UI
-shows (highest-risk patients, counts, quarantine, consumer lag, data quality), and under `follow` with
-`metrics_port` set, the Prometheus endpoint (ops.metrics). The batch protocol itself
-lives in runtime.loop and runs the same without Prefect.
+What Prefect adds: a named run with its logs, and the artifacts the UI shows (highest-risk patients,
+counts, quarantine, consumer lag, data quality), and under `follow` with `metrics_port` set, the Prometheus
+endpoint (ops.metrics). The batch protocol itself lives in runtime.loop and runs the same without Prefect.
+The run's consumer process creates missing topics before it joins its group (pipeline.consumer_process);
+this process loads no Kafka client unless it has something to send (pipeline/kafka_settings.py).
 """
 
 from __future__ import annotations
@@ -11,22 +12,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_scoring_artifacts
-from ops.lag import consumer_lag
 from ops.metrics import LiveMetrics
 from pipeline.config import Settings
-from pipeline.kafka_io import KafkaSettings, ensure_topics
+from pipeline.kafka_settings import KafkaSettings
 from runtime.engine import BatchOutput
 from runtime.loop import Mode
 from runtime.wiring import run_scoring
-
-
-@task(name="prepare-topics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
-def prepare_topics(kafka: KafkaSettings) -> None:
-    ensure_topics(kafka)
 
 
 class _BatchMetrics:
@@ -44,6 +38,8 @@ class _BatchMetrics:
 
 
 def live_metrics(settings: Settings, kafka: KafkaSettings) -> _BatchMetrics:
+    from ops.lag import consumer_lag  # kafka-python: only for a live run's metrics endpoint
+
     return _BatchMetrics(LiveMetrics(settings.metrics_port, lag=lambda offsets: consumer_lag(kafka, offsets)))
 
 
@@ -57,7 +53,6 @@ def scoring_flow(
 ) -> dict[str, Any]:
     """Consume the four topics, score closed windows, write the lake; returns the run summary."""
     kafka = settings.kafka(bootstrap)
-    prepare_topics(kafka)
     metrics = live_metrics(settings, kafka) if mode == "follow" and settings.metrics_port else None
     try:
         on_batch = metrics.observe_batch if metrics is not None else None
@@ -65,5 +60,5 @@ def scoring_flow(
     finally:
         if metrics is not None:
             metrics.metrics.close()
-    publish_scoring_artifacts(settings, kafka, summary.as_dict(), summary.offsets)  # what the Prefect UI shows
+    publish_scoring_artifacts(settings, summary.as_dict())  # what the Prefect UI shows
     return summary.as_dict()

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from pipeline.errors import BrokerUnavailable
-from pipeline.kafka_io import KafkaSettings
+from pipeline.kafka_settings import KafkaSettings
 
 
 def consumer_lag(settings: KafkaSettings, offsets: dict[str, int]) -> dict[str, int]:

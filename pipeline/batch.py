@@ -65,3 +65,9 @@ def valid_utf8(arr: pa.Array) -> pa.Array:
         return pa.array(
             [None if k is None else k.decode("utf-8", "replace") for k in arr.cast(pa.binary()).to_pylist()]
         )
+
+
+def lag_beyond(high_water: dict[str, int], offsets: dict[str, int]) -> dict[str, int]:
+    """Consumer lag: {"topic:partition": messages in Kafka beyond `offsets` (the next offset to read, as the state
+    checkpoint has it; 0 where it has none)} for each partition with a known high-water mark, never negative."""
+    return {tp: max(0, high - offsets.get(tp, 0)) for tp, high in sorted(high_water.items())}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.kafka_io import KafkaSettings
+from pipeline.kafka_settings import KafkaSettings
 from pipeline.model_contract import RiskLevels
 from pipeline.window import WindowConfig
 

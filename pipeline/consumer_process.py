@@ -35,7 +35,7 @@ from pipeline.errors import BrokerUnavailable, VitalStreamError
 
 if TYPE_CHECKING:  # the parent's side needs no Kafka or Arrow library: `Launched` is started before they load
     from pipeline.batch import RawBatch
-    from pipeline.kafka_io import KafkaSettings
+    from pipeline.kafka_settings import KafkaSettings
 
 # The child allocates and frees fetch-sized buffers (megabytes) from two threads (kafka-python's I/O thread
 # and the decoder); glibc's default of one arena per thread and core keeps more freed memory than two arenas
@@ -91,6 +91,7 @@ class ConsumerProcess:
         self._offsets: dict[str, int] = {}
         self._lagging: set[str] = set()
         self._reachable = True
+        self._high_water: dict[str, int] = {}  # per partition, as the child last saw it (`lag`)
         self._proc: Any = None
         self._early = False  # started by `start`, before the offsets were known
         self._ask = False  # the child waits to be asked for the next poll (the last batch was empty)
@@ -100,19 +101,17 @@ class ConsumerProcess:
     def resume_from(self, offsets: dict[str, int]) -> None:
         self._offsets = dict(offsets)
 
-    def start(self, prepare_topics: bool = False) -> None:
-        """Start the child now: it connects and joins the group while the caller does other things, and waits
-        for `wait_for_assignment` to hand it the offsets to resume from. `prepare_topics`: the child creates
-        missing topics first (kafka_io.ensure_topics), as the flow's own task would, so that a join started
-        before that task finds every topic."""
+    def start(self) -> None:
+        """Start the child now: it connects, creates missing topics and joins the group while the caller does
+        other things, and waits for `wait_for_assignment` to hand it the offsets to resume from."""
         if self._proc is None:
-            self._spawn(self.settings.assignment_timeout_s, prepare_topics)
+            self._spawn(self.settings.assignment_timeout_s)
             self._early = True
 
     def wait_for_assignment(self, timeout_s: float | None = None) -> set[str]:
         timeout_s = self.settings.assignment_timeout_s if timeout_s is None else timeout_s
         if self._proc is None:
-            self._spawn(timeout_s, prepare_topics=False)
+            self._spawn(timeout_s)
         try:
             return self._resume_and_wait(timeout_s)
         except VitalStreamError:
@@ -121,16 +120,16 @@ class ConsumerProcess:
         # A child started early that failed (a broker still starting, say) is not the answer: the run goes on
         # as without the early start, with a child started now, whose failure is reported as itself.
         self.close()
-        self._spawn(timeout_s, prepare_topics=False)
+        self._spawn(timeout_s)
         return self._resume_and_wait(timeout_s)
 
-    def _spawn(self, timeout_s: float, prepare_topics: bool) -> None:
+    def _spawn(self, timeout_s: float) -> None:
         launched = self._launched if self._launched is not None and not self._launched.taken else Launched()
         self._launched = None
         self._proc, self._data, self._control = launched.take()
         self._early = False
         self._ask = False
-        self._control.send((*self._args, timeout_s, prepare_topics))
+        self._control.send((*self._args, timeout_s))
 
     def _resume_and_wait(self, timeout_s: float) -> set[str]:
         assert self._control is not None
@@ -147,13 +146,21 @@ class ConsumerProcess:
             self._control.send(("poll", None))
         kind, payload = self._recv(None)
         assert kind == "batch"
-        batches, self._lagging, self._reachable = payload
+        batches, self._lagging, self._reachable, high_water = payload
+        self._high_water.update(high_water)
         self._ask = not batches
         return list(batches)
 
     def lagging(self) -> set[str]:
         """Partitions that still had unread messages right after the poll that gave the last batch."""
         return set(self._lagging)
+
+    def lag(self, offsets: dict[str, int]) -> dict[str, int]:
+        """Messages beyond `offsets` per partition, by the high-water marks of the child's last fetches: no
+        request to the broker, and the scoring process needs no Kafka client (pipeline/kafka_settings.py)."""
+        from pipeline.batch import lag_beyond
+
+        return lag_beyond(self._high_water, offsets)
 
     def reachable(self) -> bool:
         """Whether the broker answered when the last poll came back empty (a paused broker gives empty polls)."""
@@ -214,10 +221,11 @@ def _child_main(data: Connection, control: Connection) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     consumer: StreamConsumer | None = None
     try:
-        settings, group, max_batch_records, timeout_s, prepare_topics = control.recv()
+        settings, group, max_batch_records, timeout_s = control.recv()
         use_jemalloc()  # as in the pipeline: freed batch buffers go back to the OS (release_memory below)
-        if prepare_topics:
-            ensure_topics(settings)
+        # The topics a run reads and writes, created when missing, here: the scoring process then needs no
+        # Kafka client at all in a run that has nothing to send (pipeline/kafka_settings.py).
+        ensure_topics(settings)
         consumer = StreamConsumer(settings, group, max_batch_records)
         assigned = consumer.wait_for_assignment(timeout_s)
         # Joined; nothing fetched is handed out before the offsets from the state checkpoint are applied.
@@ -247,7 +255,7 @@ def _child_main(data: Connection, control: Connection) -> None:
             raw = decode_ahead(consumer.poll_batch())
             # An empty poll may mean "caught up" or "broker not answering": only a request tells them apart.
             reachable = bool(raw) or consumer.reachable()
-            data.send(("batch", (raw, consumer.lagging(), reachable)))
+            data.send(("batch", (raw, consumer.lagging(), reachable, consumer.high_water())))
             asked = bool(raw)
             del raw
             release_memory()

@@ -1,112 +1,37 @@
-"""Kafka at the edge: topics, a batching producer, and a consumer that yields per-topic RawBatches.
+"""Consuming from Kafka, and the topics: a consumer that yields per-topic RawBatches, and topic creation.
 
 The same kafka-python code runs against the embedded broker and any Kafka cluster. Settings that design
 around the embedded broker's quirks (short session timeout for fast group joins, `highwater()` rather
-than `end_offsets()` to decide "caught up") are also right for a real cluster.
+than `end_offsets()` to decide "caught up") are also right for a real cluster. Where Kafka is and what its
+topics are called: pipeline/kafka_settings.py; producers: pipeline/kafka_publish.py. In a run, this module
+loads in the consumer process (pipeline/consumer_process.py), not in the scoring process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.alerts import ACK_STREAM, to_json_rows
-from pipeline.batch import RawBatch
-from pipeline.contract import STREAMS
+from pipeline.batch import RawBatch, lag_beyond
 from pipeline.errors import BrokerUnavailable
+from pipeline.kafka_settings import KafkaSettings, unreachable
 from pipeline.record_batches import RecordColumns
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    bootstrap: str
-    topic_prefix: str = "vitals."
-    partitions: int = 3
-    replication_factor: int = 1
-    connect_timeout_s: float = 10.0
-    security: dict[str, Any] = field(default_factory=dict)  # passed through: security_protocol, ssl_*, sasl_*
-    dlq_topic: str = ""  # dead-letter topic; "" means <topic_prefix>dlq
-    instance: tuple[int, int] | None = None  # (i, n): read partitions p with p % n == i; None: group-assigned
-    assignment_timeout_s: float = 30.0  # how long to wait for the group to assign partitions
-    risk_topic_name: str = ""  # live risk scores; "" means <topic_prefix>risk
-    alerts_topic_name: str = ""  # live alert events; "" means <topic_prefix>alerts
-    bulk_decode: bool = True  # fetched record batches to columns in bulk (pipeline/kafka_fetch.py)
-
-    def topic(self, stream: str) -> str:
-        return f"{self.topic_prefix}{stream}"
-
-    def risk_topic(self) -> str:
-        return self.risk_topic_name or f"{self.topic_prefix}risk"
-
-    def alerts_topic(self) -> str:
-        return self.alerts_topic_name or f"{self.topic_prefix}alerts"
-
-    def ack_topic(self) -> str:
-        """Acknowledgements of alerts, read with the four streams (keyed by patient id, so co-partitioned)."""
-        return self.topic(ACK_STREAM)
-
-    def input_topics(self) -> list[str]:
-        return [*self.topics(), self.ack_topic()]
-
-    def dead_letter_topic(self) -> str:
-        return self.dlq_topic or f"{self.topic_prefix}dlq"
-
-    def topics(self) -> list[str]:
-        return [self.topic(s) for s in STREAMS]
-
-    def stream_of(self, topic: str) -> str:
-        return topic.removeprefix(self.topic_prefix)
-
-    def client_config(self) -> dict[str, Any]:
-        timeout_ms = int(self.connect_timeout_s * 1000)
-        return {
-            "bootstrap_servers": self.bootstrap.split(","),
-            "bootstrap_timeout_ms": timeout_ms,
-            "request_timeout_ms": max(timeout_ms, 30_000),
-            **self.security,
-        }
-
-
-def _unreachable(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:
-    return BrokerUnavailable(f"Kafka broker {settings.bootstrap} unreachable: {exc}")
-
-
-def check_reachable(settings: KafkaSettings) -> None:
-    """Fail fast, in one line, when no bootstrap address accepts a TCP connection."""
-    errors = []
-    deadline = time.monotonic() + settings.connect_timeout_s
-    for address in settings.bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise BrokerUnavailable(f"bad Kafka bootstrap address {address!r}: expected host:port")
-        while True:
-            try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
-                    return
-            except OSError as exc:
-                last = exc.strerror or str(exc)
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        errors.append(f"{address}: {last}")
-    raise BrokerUnavailable(
-        f"cannot reach Kafka broker at {settings.bootstrap} within {settings.connect_timeout_s:g} s "
-        f"({'; '.join(errors)})"
-    )
+# An empty poll_batch polls in slices this long, so that it can end once the broker has answered for every
+# partition (`StreamConsumer._caught_up`) instead of fetching again until its timeout.
+_POLL_SLICE_MS = 50
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
@@ -115,7 +40,7 @@ def ensure_topics(settings: KafkaSettings) -> None:
     try:
         admin = KafkaAdminClient(**settings.client_config())
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from exc
+        raise unreachable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
         wanted = [
@@ -133,140 +58,6 @@ def ensure_topics(settings: KafkaSettings) -> None:
                 )
     finally:
         admin.close()
-
-
-def producer(settings: KafkaSettings) -> KafkaProducer:
-    try:
-        return KafkaProducer(
-            **settings.client_config(),
-            batch_size=262_144,
-            linger_ms=20,
-            compression_type=None,
-            acks=1,
-            # An idempotent producer fails for good after the embedded broker restarts; keys and offsets,
-            # not producer ids, make our pipeline's output effectively-once.
-            enable_idempotence=False,
-            max_request_size=4 * 1024 * 1024,
-        )
-    except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from exc
-
-
-class _AcknowledgedProducer:
-    """A producer made on first use whose sends all wait for the broker's acknowledgement."""
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.settings = settings
-        self._producer: KafkaProducer | None = None
-
-    def _client(self) -> KafkaProducer:
-        if self._producer is None:
-            self._producer = producer(self.settings)
-        return self._producer
-
-    def _acknowledged(self, futures: list[Any], timeout_s: float, what: str) -> int:
-        """Wait for every send; BrokerUnavailable naming `what` when the broker does not acknowledge them all."""
-        try:
-            self._client().flush(timeout=timeout_s)
-            for f in futures:
-                f.get(timeout=0)
-        except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"{what} on {self.settings.bootstrap} did not acknowledge {len(futures)} message(s) within "
-                f"{timeout_s:.0f} s ({type(exc).__name__})"
-            ) from exc
-        return len(futures)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                self._producer.close(timeout=2)
-            self._producer = None
-
-
-class DeadLetters(_AcknowledgedProducer):
-    """The dead-letter topic: every quarantined message, with its original key, value, headers and timestamp,
-    plus `vitalstream.*` headers saying why and where it came from.
-
-    Sent and acknowledged before the batch's files and checkpoint are written, so a message is never in the
-    lake's quarantine without being in the topic. A crash after the send and before the checkpoint replays
-    the batch and sends its dead letters again: delivery is at-least-once, and the header
-    `vitalstream.source` ("topic:partition:offset" of the original message) is the key to deduplicate on.
-    """
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        super().__init__(settings)
-        self.topic = settings.dead_letter_topic()
-
-    def send(self, table: Any, timeout_s: float) -> int:
-        """Send the rows of a quarantine table (with its `headers` column); wait for every acknowledgement.
-        Raises BrokerUnavailable when the broker does not acknowledge within `timeout_s`."""
-        if len(table) == 0:
-            return 0
-        send = self._client().send
-        cols = {name: table.column(name).to_pylist() for name in _DLQ_COLUMNS}
-        futures = []
-        for i in range(len(table)):  # quarantined rows only: a handful per batch, not the hot path
-            headers = [(h["key"], h["value"]) for h in cols["headers"][i] or []]
-            headers += [
-                ("vitalstream.reason", cols["reason"][i].encode()),
-                ("vitalstream.detail", (cols["detail"][i] or "").encode()),
-                ("vitalstream.source", f"{cols['topic'][i]}:{cols['partition'][i]}:{cols['offset'][i]}".encode()),
-            ]
-            ts = cols["kafka_timestamp"][i]
-            futures.append(
-                send(
-                    self.topic,
-                    key=cols["key"][i],
-                    value=cols["value"][i],
-                    headers=headers,
-                    timestamp_ms=int(ts.timestamp() * 1000) if ts is not None else None,
-                )
-            )
-        return self._acknowledged(futures, timeout_s, f"dead-letter topic {self.topic}")
-
-
-class LiveTopics(_AcknowledgedProducer):
-    """The live outputs: each scored window on the risk topic and each alert event on the alerts topic, as
-    JSON keyed by patient id (schemas/risk_message.json, schemas/alert_message.json), acknowledged by the
-    broker before the batch is checkpointed. A crash before the checkpoint sends the batch's messages again
-    with the same content: consumers deduplicate risk on (patient_id, window_end) and alerts on (alert_id,
-    state, sequence)."""
-
-    chunk = 4096  # messages serialised and awaited at a time
-
-    def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int:
-        """Send, chunk by chunk, each chunk acknowledged before the next is serialised: a batch that closes
-        every patient's windows (50,000 risk messages) held all its JSON and send futures at once, about
-        130 MiB more at its peak (docs/performance.md)."""
-        send = self._client().send
-        topics = f"live topics {self.settings.risk_topic()}, {self.settings.alerts_topic()}"
-        sent = 0
-        for topic, table in ((self.settings.risk_topic(), risk_scores), (self.settings.alerts_topic(), alerts)):
-            for start in range(0, len(table), self.chunk):
-                part = table.slice(start, self.chunk)
-                keys = part.column("patient_id").to_pylist()
-                futures = [send(topic, key=k.encode(), value=v) for k, v in zip(keys, to_json_rows(part), strict=True)]
-                sent += self._acknowledged(futures, timeout_s, topics)
-        return sent
-
-
-_DLQ_COLUMNS = ("key", "value", "headers", "reason", "detail", "topic", "partition", "offset", "kafka_timestamp")
-
-
-def produce(
-    prod: KafkaProducer,
-    settings: KafkaSettings,
-    messages: Iterable[tuple[str, bytes | None, bytes | None, int]],
-) -> int:
-    """Send (stream, key, value, timestamp_ms) tuples; returns how many were sent (after a flush)."""
-    n = 0
-    send = prod.send
-    for stream, key, value, ts in messages:
-        send(settings.topic(stream), key=key, value=value, timestamp_ms=ts)
-        n += 1
-    prod.flush()
-    return n
 
 
 class StreamConsumer:
@@ -293,11 +84,12 @@ class StreamConsumer:
                 fetch_max_bytes=16 * 1024 * 1024,
                 max_poll_interval_ms=600_000,
                 # An empty fetch is answered within the 500 ms of poll_batch's first poll, which then knows
-                # the broker answered without asking it again (`reachable`; the broker's default is 500 ms).
-                fetch_max_wait_ms=400,
+                # the broker answered without asking it again (`reachable`; the broker's default is 500 ms),
+                # and can end as soon as every partition has answered with nothing to read (`_caught_up`).
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
             )
         except (KafkaError, OSError) as exc:
-            raise _unreachable(settings, exc) from exc
+            raise unreachable(settings, exc) from exc
         self._responses = None
         self._answered = False  # the broker answered a fetch during the last poll_batch
         if settings.bulk_decode:
@@ -382,15 +174,21 @@ class StreamConsumer:
 
     def poll_batch(self, timeout_ms: int = 500) -> list[RawBatch]:
         """Poll until `max_batch_records` or the input runs dry; one RawBatch per topic. Each poll's records
-        become Arrow/NumPy columns at once, so at most one poll's record objects are alive at a time."""
+        become Arrow/NumPy columns at once, so at most one poll's record objects are alive at a time. A poll
+        that finds nothing ends after `timeout_ms`, or sooner, once the broker has answered for every
+        partition and none lags (`_caught_up`): a run that finds nothing does not wait out the timeout."""
         by_topic: dict[str, list[RawBatch]] = {}
         total = 0
         answered_before = self._responses.count if self._responses is not None else None
+        deadline = time.monotonic() + timeout_ms / 1000
         while total < self.max_batch_records:
+            wait_ms = max(0, int((deadline - time.monotonic()) * 1000)) if total == 0 else 0
             got = self.consumer.poll(
-                timeout_ms=timeout_ms if total == 0 else 0, max_records=self.max_batch_records - total
+                timeout_ms=min(wait_ms, _POLL_SLICE_MS), max_records=self.max_batch_records - total
             )
             if not got:
+                if wait_ms > _POLL_SLICE_MS and not self._caught_up(answered_before):
+                    continue
                 break
             for tp, records in got.items():
                 raw = self._raw(tp, records)
@@ -401,6 +199,22 @@ class StreamConsumer:
                 self._seek_to[tp] = max(self._seek_to.get(tp, 0), int(raw.offsets[-1]) + 1)
         self._answered = self._responses is not None and self._responses.count != answered_before
         return [_concat(parts) for parts in by_topic.values()]
+
+    def _caught_up(self, answered_before: int | None) -> bool:
+        """Has the broker answered a fetch for every assigned partition since `answered_before` (the fetch
+        responses' count then), and does none of them hold unread messages? Then an empty poll can end: a
+        fetch sent now would wait `fetch_max_wait_ms` and find nothing either. Unknown without the bulk
+        decoder's count: the poll then waits out its timeout, as kafka-python's does."""
+        assigned = self.consumer.assignment()
+        if self._responses is None or answered_before is None or not assigned:
+            return False
+        if self._responses.count - answered_before < len(assigned):
+            return False
+        for tp in assigned:
+            high = self.consumer.highwater(tp)
+            if high is None or self.consumer.position(tp) < high:
+                return False
+        return True
 
     def _raw(self, tp: TopicPartition, recs: list[Any]) -> RawBatch:
         if recs and isinstance(recs[0], RecordColumns):  # the bulk decoder's chunks
@@ -453,6 +267,16 @@ class StreamConsumer:
             if self.consumer.position(tp) < high:
                 out.add(f"{tp.topic}:{tp.partition}")
         return out
+
+    def high_water(self) -> dict[str, int]:
+        """The high-water mark last seen in a fetch response, per assigned partition ("topic:partition") that
+        has answered one."""
+        assigned = self.consumer.assignment()
+        return {f"{tp.topic}:{tp.partition}": high for tp, high in self._high.items() if tp in assigned}
+
+    def lag(self, offsets: dict[str, int]) -> dict[str, int]:
+        """Messages beyond `offsets` (the state checkpoint's), per assigned partition (pipeline.batch.lag_beyond)."""
+        return lag_beyond(self.high_water(), offsets)
 
     def commit(self, offsets: dict[str, int]) -> bool:
         """Commit for monitoring and lag; False when the broker did not take it. Not fatal: the state

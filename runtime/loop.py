@@ -57,18 +57,19 @@ class Source(Protocol):
     def lagging(self) -> set[str]: ...
     def reachable(self) -> bool: ...
     def commit(self, offsets: dict[str, int]) -> Any: ...
+    def lag(self, offsets: dict[str, int]) -> dict[str, int]: ...
     def close(self) -> None: ...
 
 
 class DeadLetterSink(Protocol):
-    """Where quarantined messages go with their original bytes (pipeline.kafka_io.DeadLetters)."""
+    """Where quarantined messages go with their original bytes (pipeline.kafka_publish.DeadLetters)."""
 
     def send(self, table: pa.Table, timeout_s: float) -> int: ...
     def close(self) -> None: ...
 
 
 class LiveOutputs(Protocol):
-    """Where each batch's risk scores and alert events go as they happen (pipeline.kafka_io.LiveTopics)."""
+    """Where each batch's risk scores and alert events go as they happen (pipeline.kafka_publish.LiveTopics)."""
 
     def publish(self, risk_scores: pa.Table, alerts: pa.Table, timeout_s: float) -> int: ...
     def close(self) -> None: ...
@@ -112,6 +113,8 @@ class RunSummary:
     outage_s: float = 0.0  # longest broker outage survived during the run
     offsets: dict[str, int] = field(default_factory=dict)  # next offset per partition, as checkpointed
     startup_s: float = 0.0  # of `seconds`, before the first poll: the consumer's start and the group join
+    # Messages in Kafka beyond `offsets` when the run ended, per partition whose high-water mark the source saw
+    lag: dict[str, int] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -136,6 +139,7 @@ class RunSummary:
             "quality": self.quality,
             "lake": self.lake,
             "outage_s": round(self.outage_s, 1),
+            "lag": self.lag,
         }
 
 
@@ -219,6 +223,7 @@ def run(
     protocol = BatchProtocol(engine, source, dead_letters, lake, checkpoints, cfg, outage, logger, outputs)
     run_id, started, sampled_at = new_id(), time.perf_counter(), time.monotonic()
     startup_s = 0.0
+    lag: dict[str, int] = {}
     totals, batches, pending_before = Totals(), 0, engine.pending
 
     def write_quality_sample() -> dict[str, dict[str, Any]]:
@@ -259,6 +264,7 @@ def run(
             protocol.commit(out)
             totals.add(out.counts)
         quality = write_quality_sample()
+        lag = source.lag(dict(engine.offsets))
     finally:
         source.close()
         dead_letters.close()
@@ -277,6 +283,7 @@ def run(
         outage.longest_s,
         dict(engine.offsets),
         startup_s,
+        lag,
     )
     logger.info(
         "consumed %d, windowed %d, duplicates %d, quarantined %d, windows %d, pending %d, balanced=%s",

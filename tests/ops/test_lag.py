@@ -8,7 +8,9 @@ import pytest
 
 from ops.lag import consumer_lag
 from pipeline.errors import BrokerUnavailable
-from pipeline.kafka_io import KafkaSettings, ensure_topics, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker, free_port
 
 

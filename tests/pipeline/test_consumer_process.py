@@ -12,7 +12,9 @@ from pathlib import Path
 from pipeline.batch import RawBatch
 from pipeline.config import Settings
 from pipeline.consumer_process import ConsumerProcess
-from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import produce, producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker, free_port
 
 T0 = 1_795_305_600_000
@@ -60,7 +62,7 @@ def test_a_consumer_started_early_creates_missing_topics_before_it_joins(session
     s = kafka(session_broker.bootstrap, partitions=2)  # no topics yet
     consumer = ConsumerProcess(s, f"g-{s.topic_prefix}")
     try:
-        consumer.start(prepare_topics=True)
+        consumer.start()
         assigned = consumer.wait_for_assignment(timeout_s=20)
     finally:
         consumer.close()
@@ -91,19 +93,20 @@ def test_consumer_started_hands_its_process_to_the_run_or_stops_it(session_broke
 
     s = kafka(session_broker.bootstrap, instance=(0, 1))
     settings = Settings(topic_prefix=s.topic_prefix, partitions=1, instance="0/1", group=f"g-{s.topic_prefix}")
-    with consumer_started(settings, s.bootstrap) as early:
-        taken = _consumer(settings, s.bootstrap)
+    with consumer_started(settings, s.bootstrap, "until-idle") as early:
+        taken = _consumer(settings, s.bootstrap, "until-idle")
         assert taken is early
-        assert _consumer(settings, s.bootstrap) is not early  # handed over once
+        assert _consumer(settings, s.bootstrap, "until-idle") is not early  # handed over once
         other = Settings(topic_prefix=s.topic_prefix, partitions=1, instance="0/1", group="another-group")
-        assert _consumer(other, s.bootstrap) is not early
+        assert _consumer(other, s.bootstrap, "until-idle") is not early
+        assert _consumer(settings, s.bootstrap, "follow") is not early  # a follow run fetches differently
         child = early._proc
         assert child.poll() is None
     assert early._proc is None and child.poll() is not None  # stopped when the block ends, at the latest
-    with consumer_started(settings, s.bootstrap) as unused:
+    with consumer_started(settings, s.bootstrap, "until-idle") as unused:
         child = unused._proc
     assert unused._proc is None and child.poll() is not None  # not taken (the flow run failed first): stopped
-    assert _consumer(settings, s.bootstrap) is not unused
+    assert _consumer(settings, s.bootstrap, "until-idle") is not unused
 
 
 def test_a_run_that_finds_nothing_loads_no_pandas_numba_or_torch_in_the_consumer_process(

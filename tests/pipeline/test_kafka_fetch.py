@@ -16,7 +16,9 @@ from kafka.record.memory_records import MemoryRecords
 from test_record_batches import EXAMPLES, TP, batch, build_batch
 
 from pipeline import kafka_fetch
-from pipeline.kafka_io import KafkaSettings, StreamConsumer, ensure_topics, producer
+from pipeline.kafka_io import StreamConsumer, ensure_topics
+from pipeline.kafka_publish import producer
+from pipeline.kafka_settings import KafkaSettings
 from pipeline.record_batches import RecordColumns
 from sim.broker import EmbeddedBroker
 

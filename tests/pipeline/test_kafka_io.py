@@ -3,6 +3,7 @@ the dead-letter topic, against the session's embedded broker (each test on its o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections import defaultdict
@@ -14,16 +15,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from pipeline.batch import RawBatch
 from pipeline.contract import STREAMS
 from pipeline.errors import BrokerUnavailable
-from pipeline.kafka_io import (
-    DeadLetters,
-    KafkaSettings,
-    LiveTopics,
-    StreamConsumer,
-    check_reachable,
-    ensure_topics,
-    produce,
-    producer,
-)
+from pipeline.kafka_io import StreamConsumer, ensure_topics
+from pipeline.kafka_publish import DeadLetters, LiveTopics, produce, producer
+from pipeline.kafka_settings import KafkaSettings, check_reachable
 from pipeline.quarantine import quarantine_rows
 from sim.broker import EmbeddedBroker, free_port
 
@@ -312,5 +306,33 @@ def test_an_empty_poll_that_the_broker_answered_proves_it_reachable_without_aski
         consumer.consumer.end_offsets = no_request  # type: ignore[method-assign]
         consumer.consumer.topics = no_request  # type: ignore[method-assign]
         assert consumer.reachable()
+    finally:
+        consumer.close()
+
+
+def test_an_empty_poll_ends_once_every_partition_has_answered_with_nothing_to_read(
+    session_broker: EmbeddedBroker,
+) -> None:
+    """Not a timing test: a poll whose timeout is a minute must come back once the broker has answered for both
+    partitions (fetches wait 100 ms here), with messages when there are some and empty when caught up, instead
+    of fetching again until the minute is over (what kafka-python's own poll does)."""
+    s = dataclasses.replace(settings(session_broker, partitions=2, instance=(0, 1)), fetch_max_wait_ms=100)
+    ensure_topics(s)
+    consumer = StreamConsumer(s, group=f"g-{s.topic_prefix}")
+    try:
+        consumer.wait_for_assignment(timeout_s=10)
+        t0 = time.monotonic()
+        assert consumer.poll_batch(timeout_ms=60_000) == []
+        assert consumer.lagging() == set()
+        prod = producer(s)
+        try:
+            produce(prod, s, [("heart_rate", f"P{i}".encode(), b"{}", T0 + i) for i in range(6)])
+        finally:
+            prod.close()
+        got: list[RawBatch] = []
+        while sum(len(b) for b in got) < 6:
+            got += consumer.poll_batch(timeout_ms=60_000)
+        assert consumer.poll_batch(timeout_ms=60_000) == []
+        assert time.monotonic() - t0 < 30  # three polls with a minute's timeout each
     finally:
         consumer.close()

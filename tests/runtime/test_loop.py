@@ -15,7 +15,7 @@ import pytest
 from models.lstm import load_checkpoint
 from models.scorer import Scorer
 from pipeline.alerts import AlertState
-from pipeline.batch import RawBatch
+from pipeline.batch import RawBatch, lag_beyond
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
 from runtime.engine import EngineConfig, EngineState
 from runtime.loop import LoopConfig, resume, run
@@ -73,6 +73,9 @@ class MemorySource:
 
     def reachable(self) -> bool:
         return self._reachable
+
+    def lag(self, offsets: dict[str, int]) -> dict[str, int]:
+        return lag_beyond({f"{t}:0": len(msgs) for t, msgs in self.by_topic.items()}, offsets)
 
     def commit(self, offsets: dict[str, int]) -> None:
         self.log.append("commit")
@@ -223,6 +226,27 @@ def test_each_batch_follows_the_protocol_and_the_run_balances(messages: list[Mes
     assert source.committed == {f"{t}:0": len(m) for t, m in source.by_topic.items()}
     assert sum(summary["quarantined"].values()) == len(dead.sent) > 0  # the simulator sends malformed messages
     assert lake.samples  # a quality sample per suite, written at the end
+    assert summary["lag"] == {f"{t}:0": 0 for t in source.by_topic}  # caught up: nothing beyond the checkpoint
+
+
+def test_a_run_stopped_early_reports_the_messages_beyond_its_checkpoint_as_lag(
+    messages: list[Message], scorer: Scorer
+) -> None:
+    log: list[str] = []
+    source = MemorySource(messages, 300, log)
+    cfg = LoopConfig(mode="follow", outage_timeout_s=FAST.outage_timeout_s)
+    summary = run(
+        EngineConfig(),
+        scorer,
+        source,
+        MemoryDeadLetters(log),
+        MemoryLake(log),
+        MemoryCheckpoints(log),
+        cfg,
+        stop=lambda: "commit" in log,  # after the first batch
+    )
+    left = {f"{t}:0": len(m) - source.committed.get(f"{t}:0", 0) for t, m in source.by_topic.items()}
+    assert summary.lag == left and sum(left.values()) > 0
 
 
 def test_a_crash_between_parquet_and_the_checkpoint_replays_the_batch_and_doubles_nothing(

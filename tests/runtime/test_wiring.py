@@ -20,7 +20,8 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.errors import ModelError
-from pipeline.kafka_io import KafkaSettings, ensure_topics
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_settings import KafkaSettings
 from runtime.wiring import preflight
 from sim.broker import EmbeddedBroker
 

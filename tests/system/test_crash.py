@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_lake, read_topic
 
-from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import produce, producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker
 from sim.simulate import SimulationConfig, encode, simulate
 

@@ -290,7 +290,9 @@ def test_fuzzed_messages_through_the_broker_and_flow_reach_the_lake_or_the_dead_
 
     from flows.scoring import scoring_flow
     from pipeline.config import Settings
-    from pipeline.kafka_io import KafkaSettings, ensure_topics, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import producer
+    from pipeline.kafka_settings import KafkaSettings
 
     run = next(_runs)
     prefix = f"fuzz{run}."

@@ -14,7 +14,9 @@ import pytest
 from conftest import T0
 
 from pipeline.config import Settings
-from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import produce, producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker
 from sim.simulate import SimulationConfig, encode, simulate
 

@@ -20,7 +20,9 @@ from conftest import assert_same_lake
 
 from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable, LakeNotWritable
-from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import produce, producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker
 from sim.simulate import SimulationConfig, encode, simulate
 
@@ -184,7 +186,7 @@ def test_a_broker_away_too_long_then_a_lake_that_stops_being_writable_lose_nothi
     assert_exact(tmp_path, state, clean_lake, produced)
 
 
-@pytest.mark.skipif(not os.environ.get("SOAK"), reason="slow (prepare-topics retries); runs under make soak")
+@pytest.mark.skipif(not os.environ.get("SOAK"), reason="slow (connection timeouts); runs under make soak")
 def test_the_flow_gives_up_on_an_unanswering_broker_at_start(tmp_path: Path, prefect_session: None) -> None:
     """A broker that accepts connections but never answers (paused from the start) is reported, not waited on."""
     from flows.scoring import scoring_flow

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "import sys\nfrom cli.main import main\nrc = main(sys.argv[1:])\n"
     "print('prefect imported:', 'prefect' in sys.modules, '| server code imported:',\n"
-    "      'prefect.server.api.server' in sys.modules, flush=True)\nsys.exit(rc)\n"
+    "      'prefect.server.api.server' in sys.modules, '| kafka imported:', 'kafka' in sys.modules, flush=True)\n"
+    "sys.exit(rc)\n"
 )
 SERVER_APP = "prefect.server.api.server:create_app"
 
@@ -65,7 +66,7 @@ def _left_behind(mark: str) -> list[str]:
     return left
 
 
-def test_a_run_uses_its_own_server_without_importing_prefects_server_code(
+def test_a_run_that_finds_nothing_uses_its_own_server_and_loads_neither_prefects_server_code_nor_kafka(
     session_broker: EmbeddedBroker, prefect_home: Path, tmp_path: Path
 ) -> None:
     mark = uuid.uuid4().hex
@@ -77,7 +78,8 @@ def test_a_run_uses_its_own_server_without_importing_prefects_server_code(
     )
     assert r.returncode == 0, r.stderr
     assert "accounting holds" in r.stdout  # the flow ran, against a Prefect API
-    assert "prefect imported: True | server code imported: False" in r.stdout
+    # the consumer process did the Kafka work (topics, join, fetches, lag); this one had nothing to send
+    assert "prefect imported: True | server code imported: False | kafka imported: False" in r.stdout
     assert _left_behind(mark) == []
 
 

@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_publish import produce, producer
+from pipeline.kafka_settings import KafkaSettings
 from sim.broker import EmbeddedBroker, free_port
 from sim.simulate import SimulationConfig, encode, simulate
 

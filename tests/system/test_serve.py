@@ -85,7 +85,9 @@ def test_the_scoring_deployment_flow_publishes_artifacts(tmp_path: Path) -> None
     from flows.compaction import compaction_flow
     from flows.quality_report import quality_report_flow
     from flows.serve import scheduled_scoring
-    from pipeline.kafka_io import KafkaSettings, ensure_topics, produce, producer
+    from pipeline.kafka_io import ensure_topics
+    from pipeline.kafka_publish import produce, producer
+    from pipeline.kafka_settings import KafkaSettings
     from sim.broker import EmbeddedBroker
     from sim.simulate import SimulationConfig, encode, simulate
 
