@@ -29,11 +29,12 @@ soak: setup  # long versions: kill trials, fuzz examples, outage seconds (make t
 test-server: setup  # also runs a deployment through `vitalstream serve` on a real `prefect server start` (~1 min)
 	VITALSTREAM_SERVER_TESTS=1 $(PY) -m pytest tests/system/test_serve.py
 
-bench: setup  # the make-bench shape, the single-topic shape, record decoding alone, start-up, the scorer alone
+bench: setup  # the make-bench shape, the single-topic shape, record decoding alone, start-up, idle fetches, the scorer alone
 	$(PY) bench/throughput.py
 	$(PY) bench/throughput.py --shape single --no-validate
 	$(PY) bench/record_decoding.py
 	$(PY) bench/startup.py
+	$(PY) bench/idle_fetch.py   # what a consumer costs while idle, by fetch wait
 	$(PY) bench/scoring.py
 	$(PY) bench/alert_rate.py   # raised alerts per patient-day outside real events (about 40 s)
 	$(PY) bench/latency.py      # live latency: real-time producer for 7 min through run --follow
