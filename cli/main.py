@@ -579,6 +579,7 @@ def cmd_lodo(args: argparse.Namespace) -> int:
 def cmd_outcomes(args: argparse.Namespace) -> int:
     import json
 
+    from models.card import model_card
     from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
     from models.outcomes import OutcomeConfig, run, summary
     from pipeline.errors import ModelError
@@ -599,6 +600,8 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     out = args.out or path.with_name("outcomes.json")
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print("\n".join(summary(result)))
+    if out == path.with_name("outcomes.json"):  # beside the checkpoint: its card shows them
+        model_card(ckpt, path.with_name("model_card.md"), ckpt.metrics.get("promotion"))
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

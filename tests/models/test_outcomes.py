@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from cli.main import main
+from models.card import _read_outcomes, outcome_section
 from models.cohorts import cohort_readings, load_cohort, tidy_readings
 from models.outcomes import (
     HOUR_MS,
@@ -261,3 +262,32 @@ def test_the_command_refuses_a_cohort_the_checkpoint_saw_whole(tmp_path: Path) -
     write_cohort(tmp_path, "physionet_challenge2012", subjects=5, hours=3, died={1})
     argv = ["outcomes", "--real-data", str(tmp_path), "--out", str(tmp_path / "o.json")]
     assert main(argv) == 2  # ConfigError: all 5 are within the 200 the shipped checkpoint drew
+
+
+def test_the_card_shows_the_outcomes_beside_it_only_for_its_own_checkpoint(tmp_path: Path) -> None:
+    scores = pa.table(
+        {
+            "patient_id": list("abcd"),
+            "died": [True, False, False, True],
+            "risk_max": [0.9, 0.1, 0.2, None],
+            "risk_mean": [0.5, 0.1, 0.2, None],
+            "news2_max": [1.0, 3.0, 0.0, None],
+            "news2_mean": [1.0, 1.0, 0.0, None],
+            "windows": [3, 2, 1, 0],
+            "assessable": [True, True, True, False],
+        }
+    )
+    result = evaluate_outcomes(scores, reps=20) | {
+        "cohort": "icu",
+        "model_version": "lstm-a",
+        "command": "vitalstream outcomes",
+        "seconds": 1.0,
+        "config": {"seed": 0, "hours": 24.0},
+        "selection": {"seen_by_checkpoint": 5, "drawn": 4, "eligible": 9, "no_outcome": 1},
+    }
+    (tmp_path / "outcomes.json").write_text(json.dumps(result))
+    card = tmp_path / "model_card.md"
+    assert _read_outcomes(card, "lstm-b") is None  # another checkpoint's results
+    section = "\n".join(outcome_section(_read_outcomes(card, "lstm-a")))
+    assert "4 patients, 2 deaths (50.0 %)" in section and "not assessable (no risk in the horizon) 1 (25.0 %" in section
+    assert "| overall risk, max over the windows | 1.000 [" in section
