@@ -170,6 +170,16 @@ def _parser() -> argparse.ArgumentParser:
     _real_arguments(lo)
     lo.set_defaults(handler=cmd_lodo)
 
+    oc = sub.add_parser("outcomes", help="does the shipped risk rank in-hospital death? (patients it never saw)")
+    oc.add_argument("--real-data", action="append", type=Path, default=[], help="a folder holding cohorts")
+    oc.add_argument("--cohort", default="physionet_challenge2012", help="a cohort with outcomes.csv")
+    oc.add_argument("--patients", type=int, default=2000, help="stays drawn among those never seen (default 2000)")
+    oc.add_argument("--hours", type=float, default=24.0, help="horizon from each stay's first reading (default 24)")
+    oc.add_argument("--seed", type=int, default=0, help="which stays are drawn, and the bootstrap")
+    oc.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    oc.add_argument("--out", type=Path, help="JSON file (default: outcomes.json beside the checkpoint)")
+    oc.set_defaults(handler=cmd_outcomes)
+
     ex = sub.add_parser(
         "export-onnx", help="export the risk model to ONNX for onnxruntime (edge devices, --engine onnx)"
     )
@@ -570,6 +580,36 @@ def cmd_lodo(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(out)
         model_card(ckpt, out.with_name("model_card.md"), ckpt.metrics.get("promotion"), result)
     print(f"wrote {path} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    import json
+
+    from models.card import model_card
+    from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.outcomes import OutcomeConfig, run, summary
+    from pipeline.errors import ModelError
+
+    path = args.model or DEFAULT_CHECKPOINT
+    try:
+        ckpt = load_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+    cfg = OutcomeConfig(cohort=args.cohort, patients=args.patients, hours=args.hours, seed=args.seed)
+    try:
+        result = run(ckpt, cfg, tuple(args.real_data))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    result["command"] = "vitalstream outcomes " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    out = args.out or path.with_name("outcomes.json")
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print("\n".join(summary(result)))
+    if out == path.with_name("outcomes.json"):  # beside the checkpoint: its card shows them
+        model_card(ckpt, path.with_name("model_card.md"), ckpt.metrics.get("promotion"))
+    print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from models.evaluate import BASELINES, REAL_BASELINES
 from models.lstm import Checkpoint
+from models.outcomes import SCORES
 from pipeline.model_contract import HEADS
 
 
@@ -56,6 +57,7 @@ def model_card(
         f"from conditions {m['validation_any_auroc'].get('conditions', float('nan')):.3f}); isotonic calibration.",
     ]
     lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path))
+    lines += outcome_section(_read_outcomes(path, ckpt.version))
     lines += [
         "# Simulated patients (sim/simulate.py; the first model issue's targets)",
         "",
@@ -195,6 +197,48 @@ TARGET_NAMES = {
 def _read_lodo(card: Path) -> dict[str, Any] | None:
     path = card.with_name("lodo.json")
     return json.loads(path.read_text()) if path.exists() and card.stem == "model_card" else None
+
+
+def _read_outcomes(card: Path, version: str) -> dict[str, Any] | None:
+    """`outcomes.json` beside the card (`vitalstream outcomes`), when it judged this very checkpoint."""
+    path = card.with_name("outcomes.json")
+    if not path.exists() or card.stem != "model_card":
+        return None
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result if result.get("model_version") == version else None
+
+
+def outcome_section(r: dict[str, Any] | None) -> list[str]:
+    """In-hospital death on patients the checkpoint never saw (models/outcomes.py), when it has been run."""
+    if r is None:
+        return []
+    s, a, na = r["selection"], r["assessable"], r["not_assessable"]
+    lines = [
+        f"## In-hospital death, {r['cohort']} (patients the checkpoint never saw)",
+        "",
+        f"`{r['command']}`: {r['seconds']:.0f} s. Rules (`models/outcomes.py`, fixed before the first result): "
+        f"the {s['seen_by_checkpoint']} stays training drew are left out, {s['drawn']} of the other "
+        f"{s['eligible']} drawn (seed {r['config']['seed']}); {s['no_outcome']} stays without a recorded outcome "
+        f"are left out. Each patient's score over the windows that end within {r['config']['hours']:g} h of "
+        "their first reading and have a risk. The risk ranks events within 60 minutes; death is not what it was "
+        "trained for.",
+        "",
+        f"{r['patients']} patients, {r['deaths']} deaths ({100 * r['death_rate']:.1f} %); not assessable (no "
+        f"risk in the horizon) {na['patients']} ({100 * na['share']:.1f} %, {na['deaths']} deaths); judged: "
+        f"{a['patients']} ({a['deaths']} deaths).",
+        "",
+        "| score | AUROC (95 % CI) | AUPRC (95 % CI) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {_ci(r['scores'][k], 'auroc')} | {_ci(r['scores'][k], 'auprc')} |" for k, label in SCORES.items()
+    ]
+    gains = "; ".join(
+        f"{pair}: {r['scores'][pair.split(' - ')[0]]['auroc'] - r['scores'][pair.split(' - ')[1]]['auroc']:+.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}]"
+        for pair, (lo, hi) in r["gains"].items()
+    )
+    return [*lines, "", f"Paired AUROC gains: {gains}.", ""]
 
 
 def _verdict(r: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ A tidy recording (`subject, ts_utc, stream, value, unit`; read by `sim.replay.re
 - events from `sim.simulate.detect_events`, the threshold definitions of the simulator's ground truth, on
   the readings each patient actually has (a patient without a CGM has no glucose events, and no glucose
   head is assessed for them).
-Recorded outcomes (deaths, discharges) are not turned into labels here. None of the converted recordings
+Recorded outcomes (deaths, discharges) are not turned into labels here: `models/outcomes.py` judges the
+shipped risk against in-hospital death on patients the checkpoint never saw. None of the converted recordings
 carries activity data, so no exercise rule applies to their cardiac labels.
 
 Cohorts ship in `data/real/<name>/` with their README (source, licence, attribution) and licence file;
@@ -124,12 +125,19 @@ def tidy_readings(frame: pd.DataFrame, prefix: str = "") -> pa.Table:
     )
 
 
+def draw_patients(readings: pa.Table, max_patients: int, rng: np.random.Generator) -> np.ndarray:
+    """The patients `sample` keeps: every one when there are at most `max_patients`, else that many drawn at
+    random from `rng` (its first draw); the draw depends on the order in which patients first appear in
+    `readings` (`tidy_readings` sorts them by id)."""
+    ids = np.asarray(pc.unique(readings.column("patient_id")).to_pylist(), dtype=object)
+    return ids if len(ids) <= max_patients else rng.choice(ids, max_patients, replace=False)
+
+
 def sample(readings: pa.Table, max_patients: int, hours: float, seed: int) -> pa.Table:
     """Up to `max_patients` patients (drawn at random), each cut to one stretch of at most `hours` hours that
     starts at a random reading: records start anywhere, so early windows with short histories are common."""
     rng = np.random.default_rng(seed)
-    ids = np.asarray(pc.unique(readings.column("patient_id")).to_pylist(), dtype=object)
-    chosen = ids if len(ids) <= max_patients else rng.choice(ids, max_patients, replace=False)
+    chosen = draw_patients(readings, max_patients, rng)
     part = readings.filter(pc.is_in(readings.column("patient_id"), pa.array(chosen.tolist(), pa.string())))
     code = np.asarray(pc.dictionary_encode(part.column("patient_id")).combine_chunks().indices, dtype=np.int64)
     t = part.column("event_time").cast(pa.int64()).to_numpy()
@@ -144,6 +152,13 @@ def sample(readings: pa.Table, max_patients: int, hours: float, seed: int) -> pa
     return part.filter(pa.array(keep))
 
 
+def cohort_readings(name: str, roots: tuple[Path, ...] = ()) -> pa.Table | None:
+    """Every reading of the cohort as the live path would keep it (`tidy_readings`, patient ids prefixed with
+    the cohort's name), before any patient is drawn; None when its file is not found."""
+    path = cohort_file(name, roots)
+    return None if path is None else tidy_readings(read_tidy(path), prefix=name)
+
+
 def load_cohort(
     name: str,
     roots: tuple[Path, ...] = (),
@@ -154,10 +169,10 @@ def load_cohort(
 ) -> Cohort | None:
     """The cohort's readings (a random sample of patients and stretches), windows and threshold events;
     None when its file is not found."""
-    path = cohort_file(name, roots)
-    if path is None:
+    every = cohort_readings(name, roots)
+    if every is None:
         return None
-    readings = sample(tidy_readings(read_tidy(path), prefix=name), max_patients, hours, seed)
+    readings = sample(every, max_patients, hours, seed)
     windows = window_features(readings, window_ms)
     events = detect_events(readings)
     t = readings.column("event_time").cast(pa.int64()).to_numpy()

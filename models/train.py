@@ -28,7 +28,7 @@ from torch import nn
 
 from models import augment
 from models import evaluate as ev
-from models.cohorts import cohort_file, load_cohort
+from models.cohorts import cohort_file, draw_patients, load_cohort
 from models.evaluate import Split
 from models.labels import window_labels
 from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, vital_pairs
@@ -122,13 +122,32 @@ def simulated(cfg: TrainConfig, rng: np.random.Generator) -> tuple[Source, Any, 
     return source, sim, info
 
 
+def real_draw(config: dict[str, Any]) -> tuple[int, int]:
+    """(patients drawn per cohort, the draw's seed): how a training run with `config` (TrainConfig's fields,
+    as a checkpoint records them in `training["config"]`) draws each real cohort's patients."""
+    return int(config["real_patients"]), int(config["split_seed"])
+
+
+def seen_real_patients(config: dict[str, Any], name: str, readings: pa.Table) -> np.ndarray:
+    """Every patient of cohort `name` (`readings`: models.cohorts.cohort_readings) that a training run with
+    `config` drew, whichever of train, validation or test it landed in; none when it did not load the cohort.
+    A config without `split_seed` (checkpoints from before it) raises ValueError: its draw is not known."""
+    if name not in (*config.get("real", ()), config.get("holdout", "")):
+        return np.asarray([], dtype=object)
+    if "split_seed" not in config or "real_patients" not in config:
+        raise ValueError("the checkpoint does not record how it drew its real patients (split_seed); retrain it")
+    count, seed = real_draw(config)
+    return draw_patients(readings, count, np.random.default_rng(seed))
+
+
 def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarray, dict[str, Any]]:
     rng = np.random.default_rng(cfg.seed)
     sim_source, sim, augmentation = simulated(cfg, rng)
     sources: dict[str, Source] = {SIM: sim_source}
     roots = tuple(Path(r) for r in cfg.real_roots)
     for name in dict.fromkeys([*cfg.real, *([cfg.holdout] if cfg.holdout else [])]):
-        cohort = load_cohort(name, roots, cfg.real_patients, cfg.real_hours, cfg.split_seed, cfg.window_ms)
+        draw, draw_seed = real_draw(asdict(cfg))
+        cohort = load_cohort(name, roots, draw, cfg.real_hours, draw_seed, cfg.window_ms)
         if cohort is None:
             raise FileNotFoundError(f"real cohort {name!r} not found under data/real/ or {', '.join(cfg.real_roots)}")
         ids = np.asarray(pc.unique(cohort.windows.column("patient_id")).to_pylist())
