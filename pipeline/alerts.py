@@ -136,7 +136,7 @@ class AlertState:
     alerts by (patient, condition, stream); the event time up to which timers have fired."""
 
     def __init__(self) -> None:
-        self.patients: pa.Array = pa.array([], pa.string())
+        self.patients: pa.Array = pa.nulls(0, pa.string())  # not pa.array([]): see readings.empty_table
         self.streak: dict[str, np.ndarray] = {}  # condition -> int32 per patient
         self.last_present: dict[str, np.ndarray] = {}  # stream -> window end (ms) of its last data, NEVER if none
         self.source: dict[str, np.ndarray] = {}  # stream -> "topic:partition" per patient ("" unknown)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.features import PARTIAL_SCHEMA, finish, merge_partials, partials
-from pipeline.readings import epoch_ms
+from pipeline.readings import empty_table, epoch_ms
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class WindowState:
     """What a run carries from batch to batch (and the state checkpoint from run to run)."""
 
     # Open windows, aggregated incrementally: one PARTIAL_SCHEMA row per (patient, window, stream).
-    open: pa.Table = field(default_factory=PARTIAL_SCHEMA.empty_table)
+    open: pa.Table = field(default_factory=lambda: empty_table(PARTIAL_SCHEMA))
     source_high_ms: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> max event time
     watermark_ms: int | None = None
     dedupe: DedupeIndex | None = field(default=None, repr=False)  # identities of the open windows' readings
@@ -81,7 +81,7 @@ class DedupeIndex:
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
-        self.series: pa.Array = pa.array([], pa.string())
+        self.series: pa.Array = pa.nulls(0, pa.string())  # not pa.array([]): see readings.empty_table
         self.by_window: dict[int, np.ndarray] = {}
 
     def keys(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:

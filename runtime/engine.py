@@ -31,7 +31,7 @@ from pipeline.decode import decoded_batch
 from pipeline.features import window_schema
 from pipeline.privacy import pseudonymise_columns
 from pipeline.quarantine import DEAD_LETTER_SCHEMA, quarantine_rows
-from pipeline.readings import PROVENANCE_SCHEMA, to_readings
+from pipeline.readings import PROVENANCE_SCHEMA, empty_table, to_readings
 from pipeline.sink import DATASETS
 from pipeline.validate import route
 from pipeline.window import WindowConfig, WindowState, step
@@ -95,7 +95,7 @@ class EngineState:
     """Everything a restart needs to carry on exactly where the last saved batch ended."""
 
     window: WindowState = field(default_factory=WindowState)
-    history: pa.Table = field(default_factory=HISTORY_SCHEMA.empty_table)  # recent windows: scoring context
+    history: pa.Table = field(default_factory=lambda: empty_table(HISTORY_SCHEMA))  # recent windows: scoring context
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset to read
     seq: int = 0  # batches processed so far in this group: names the batch's files
     totals: Totals = field(default_factory=Totals)  # since the group's first run

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "import sys\nfrom cli.main import main\nrc = main(sys.argv[1:])\n"
     "print('prefect imported:', 'prefect' in sys.modules, '| server code imported:',\n"
-    "      'prefect.server.api.server' in sys.modules, '| kafka imported:', 'kafka' in sys.modules, flush=True)\n"
+    "      'prefect.server.api.server' in sys.modules, '| kafka imported:', 'kafka' in sys.modules,\n"
+    "      '| pandas imported:', 'pandas' in sys.modules, flush=True)\n"
     "sys.exit(rc)\n"
 )
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -66,7 +67,7 @@ def _left_behind(mark: str) -> list[str]:
     return left
 
 
-def test_a_run_that_finds_nothing_uses_its_own_server_and_loads_neither_prefects_server_code_nor_kafka(
+def test_a_run_that_finds_nothing_uses_its_own_server_and_loads_no_prefect_server_code_kafka_or_pandas(
     session_broker: EmbeddedBroker, prefect_home: Path, tmp_path: Path
 ) -> None:
     mark = uuid.uuid4().hex
@@ -78,8 +79,11 @@ def test_a_run_that_finds_nothing_uses_its_own_server_and_loads_neither_prefects
     )
     assert r.returncode == 0, r.stderr
     assert "accounting holds" in r.stdout  # the flow ran, against a Prefect API
-    # the consumer process did the Kafka work (topics, join, fetches, lag); this one had nothing to send
-    assert "prefect imported: True | server code imported: False | kafka imported: False" in r.stdout
+    # the consumer process did the Kafka work (topics, join, fetches, lag); this one had nothing to send, and
+    # converted no Python objects to Arrow (pyarrow loads pandas for that: pipeline.readings.empty_table)
+    assert "prefect imported: True | server code imported: False | kafka imported: False | pandas imported: False" in (
+        r.stdout
+    )
     assert _left_behind(mark) == []
 
 
