@@ -114,7 +114,7 @@ _STARTED: list[tuple[tuple[KafkaSettings, str, int], ConsumerProcess]] = []
 
 # How long the broker holds an empty fetch, by run mode. A run that ends once caught up (and a run that finds
 # nothing is just that) learns it after one short fetch; a `follow` run, idle between messages, fetches less
-# often (`python bench/idle_fetch.py`: 6.4 % of a core at 100 ms against 3.7 % at 400 ms on the embedded
+# often (`python bench/idle_fetch.py`: about 6 % of a core at 100 ms against 3.5 % at 400 ms on the embedded
 # broker; docs/performance.md). Messages that arrive are answered at once either way.
 FETCH_WAIT_MS: dict[str, int] = {"until-idle": 100, "drain": 100, "follow": 400}
 
