@@ -583,21 +583,28 @@ def cmd_lodo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outcomes(args: argparse.Namespace) -> int:
-    import json
-
-    from models.card import model_card
-    from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.outcomes import OutcomeConfig, run, summary
+def _checkpoint(path: Path) -> Any:
+    """The checkpoint at `path`, or one line saying why not (missing, damaged)."""
+    from models.lstm import load_checkpoint
     from pipeline.errors import ModelError
 
-    path = args.model or DEFAULT_CHECKPOINT
     try:
-        ckpt = load_checkpoint(path)
+        return load_checkpoint(path)
     except FileNotFoundError as exc:
         raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    import json
+
+    from models.card import model_card
+    from models.lstm import DEFAULT_CHECKPOINT
+    from models.outcomes import OutcomeConfig, run, summary
+
+    path = args.model or DEFAULT_CHECKPOINT
+    ckpt = _checkpoint(path)
     cfg = OutcomeConfig(cohort=args.cohort, patients=args.patients, hours=args.hours, seed=args.seed)
     try:
         result = run(ckpt, cfg, tuple(args.real_data))
@@ -615,17 +622,11 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from models.export import export_onnx
-    from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
-    from pipeline.errors import ModelError
+    from models.lstm import DEFAULT_CHECKPOINT
 
     settings = _settings(args)
     path = args.model or settings.model_path or DEFAULT_CHECKPOINT
-    try:
-        ckpt = load_checkpoint(path)
-    except FileNotFoundError as exc:
-        raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
-    except ValueError as exc:
-        raise ModelError(str(exc)) from exc
+    ckpt = _checkpoint(path)
     out = args.out or path.with_suffix(".onnx")
     data = export_onnx(ckpt, out)
     beside = out == path.with_suffix(".onnx")  # where `run --engine onnx` looks without onnx_path
