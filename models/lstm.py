@@ -77,6 +77,11 @@ class LSTMConfig:
     # or an hourly chart leaves most windows without the value, where the window's own columns say nothing.
     # Empty in older checkpoints.
     carry_pairs: tuple[tuple[int, int], ...] = ()
+    # Conditions judged from their own stream alone (model_contract.CONDITION_STREAMS): their logits come from a
+    # second pass of the same network over the context with every other stream absent (zeros, as a stream the
+    # patient does not wear reads), so a pattern across streams that real devices do not share (a wrist heart
+    # rate that foretells hypoglycaemia in the simulator) cannot move them. Empty in older checkpoints.
+    own_stream_heads: tuple[str, ...] = ()
     # Forecast targets: each vital's window mean, masked by its presence flag.
     forecast_pairs: tuple[tuple[int, int], ...] = field(default_factory=lambda: vital_pairs(("mean",)))
 
@@ -136,6 +141,13 @@ class RiskLSTM(nn.Module):
         self.skip = nn.Linear(n_in, len(cfg.heads), bias=False) if cfg.skip else None
         self.skip_mask: torch.Tensor  # [heads, inputs]: what each head's skip reads
         self.register_buffer("skip_mask", torch.tensor(own, dtype=torch.float32), persistent=False)
+        # per stream judged alone: which raw features it keeps, and which heads take that pass's logits
+        features = [_stream_of(n) for n in MODEL_FEATURES[: cfg.n_features]]
+        self.own_passes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for stream in dict.fromkeys(CONDITION_STREAMS[h] for h in cfg.own_stream_heads):
+            keep = torch.tensor([f == stream for f in features], dtype=torch.float32)
+            heads = torch.tensor([h in cfg.own_stream_heads and CONDITION_STREAMS[h] == stream for h in cfg.heads])
+            self.own_passes.append((keep, heads))
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, L, n_features] -> the LSTM's inputs: x with the derived inputs (deviation from the
@@ -213,7 +225,11 @@ class RiskLSTM(nn.Module):
         x_in = self.inputs(x)
         out = self.recurrent(x_in)
         forecast: torch.Tensor = self.forecast(out[:, -2:])
-        return self.risk_logits(x_in, out), forecast
+        logits = self.risk_logits(x_in, out)
+        for keep, heads in self.own_passes:  # `own_stream_heads`: the same network, other streams absent
+            own_in = self.inputs(x * keep)
+            logits = torch.where(heads, self.risk_logits(own_in, self.recurrent(own_in)), logits)
+        return logits, forecast
 
     def risk_logits(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The risk logits [batch, heads] from the last step: the LSTM's head, plus the linear skip."""
@@ -331,7 +347,7 @@ class Checkpoint:
             del doc["isotonic_by_config"]  # absent in checkpoints from before sensor configurations
         config = asdict(self.config)
         # absent in checkpoints from before these inputs: their digests stay valid
-        for name in ("recent_trend_windows", "skip", "carry_pairs"):
+        for name in ("recent_trend_windows", "skip", "carry_pairs", "own_stream_heads"):
             if not config[name]:
                 del config[name]
         doc["config"] = config

@@ -296,6 +296,29 @@ def test_a_conditions_skip_path_reads_only_its_own_streams_inputs() -> None:
     assert b[i["cardiac"]] > a[i["cardiac"]] and b[i["any"]] > a[i["any"]]
 
 
+def test_conditions_judged_from_their_own_stream_ignore_the_other_streams_whole_network() -> None:
+    """Not only the skip path: with `own_stream_heads`, a heart-rate change anywhere in the context leaves the
+    glucose conditions' logits as they are, and still moves the cardiac and overall ones (the full pass)."""
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=4, own_stream_heads=("hypoglycaemia", "hyperglycaemia"))
+    torch.manual_seed(0)
+    net = RiskLSTM(cfg).eval()
+    x = torch.rand(3, 4, len(MODEL_FEATURES))
+    y = x.clone()
+    hr = [i for i, name in enumerate(MODEL_FEATURES) if name.startswith("heart_rate")]
+    y[:, :, hr] += 3.0
+    with torch.no_grad():
+        a, b = net(x)[0], net(y)[0]
+        plain = RiskLSTM(LSTMConfig(hidden=4, layers=1, window_count=4))
+        plain.load_state_dict(net.state_dict())
+        c = plain.eval()(x)[0]
+    for h in ("hypoglycaemia", "hyperglycaemia"):
+        assert torch.allclose(a[:, HEADS.index(h)], b[:, HEADS.index(h)])
+        assert not torch.allclose(a[:, HEADS.index(h)], c[:, HEADS.index(h)])  # not the full pass's logit
+    for h in ("cardiac", "any"):
+        assert not torch.allclose(a[:, HEADS.index(h)], b[:, HEADS.index(h)])
+        assert torch.allclose(a[:, HEADS.index(h)], c[:, HEADS.index(h)])  # the full pass, as without the option
+
+
 def test_real_patients_split_the_same_way_whatever_the_training_seed() -> None:
     """The promotion rule scores the shipped checkpoint on the candidate's test windows: with a split that
     followed the training seed, one checkpoint's training patients were the other's test patients."""

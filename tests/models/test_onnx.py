@@ -80,3 +80,17 @@ def test_export_onnx_command_writes_a_file_the_onnx_engine_uses(tiny_checkpoint:
     assert main(["export-onnx", "--model", str(tmp_path / "missing.pt")]) == 5  # ModelError's exit code
     with pytest.raises(ConfigError, match="scoring_engine"):
         load_settings(env={"VITALSTREAM_SCORING_ENGINE": "tpu"})
+
+
+def test_conditions_judged_from_their_own_stream_export_to_onnx_alike(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`own_stream_heads` adds a second pass inside the network: the ONNX graph carries it, same logits."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt.config.own_stream_heads = ("hypoglycaemia", "hyperglycaemia")  # no weights of its own: same state
+    onnx_file = tmp_path / "own.onnx"
+    export_onnx(ckpt, onnx_file)
+    x = np.random.default_rng(1).normal(size=(50, ckpt.config.window_count, ckpt.config.n_features)).astype(np.float32)
+    torch_logits, _ = Scorer(ckpt).network(x)
+    onnx_logits, _ = Scorer(ckpt, engine="onnx", onnx_path=onnx_file).network(x)
+    np.testing.assert_allclose(torch_logits, onnx_logits, atol=1e-4)
+    plain_logits, _ = Scorer(load_checkpoint(tiny_checkpoint)).network(x)
+    assert not np.allclose(torch_logits, plain_logits)  # the option changed what the network computes
