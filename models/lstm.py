@@ -142,12 +142,14 @@ class RiskLSTM(nn.Module):
         self.skip_mask: torch.Tensor  # [heads, inputs]: what each head's skip reads
         self.register_buffer("skip_mask", torch.tensor(own, dtype=torch.float32), persistent=False)
         # per stream judged alone: which raw features it keeps, and which heads take that pass's logits
+        # (buffers, not saved: they follow the module to a device and are derived from the config)
         features = [_stream_of(n) for n in MODEL_FEATURES[: cfg.n_features]]
-        self.own_passes: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for stream in dict.fromkeys(CONDITION_STREAMS[h] for h in cfg.own_stream_heads):
+        self.own_streams = list(dict.fromkeys(CONDITION_STREAMS[h] for h in cfg.own_stream_heads))
+        for i, stream in enumerate(self.own_streams):
             keep = torch.tensor([f == stream for f in features], dtype=torch.float32)
             heads = torch.tensor([h in cfg.own_stream_heads and CONDITION_STREAMS[h] == stream for h in cfg.heads])
-            self.own_passes.append((keep, heads))
+            self.register_buffer(f"own_keep_{i}", keep, persistent=False)
+            self.register_buffer(f"own_heads_{i}", heads, persistent=False)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, L, n_features] -> the LSTM's inputs: x with the derived inputs (deviation from the
@@ -226,9 +228,11 @@ class RiskLSTM(nn.Module):
         out = self.recurrent(x_in)
         forecast: torch.Tensor = self.forecast(out[:, -2:])
         logits = self.risk_logits(x_in, out)
-        for keep, heads in self.own_passes:  # `own_stream_heads`: the same network, other streams absent
-            own_in = self.inputs(x * keep)
-            logits = torch.where(heads, self.risk_logits(own_in, self.recurrent(own_in)), logits)
+        for i in range(len(self.own_streams)):  # `own_stream_heads`: the same network, other streams absent
+            own_in = self.inputs(x * getattr(self, f"own_keep_{i}"))
+            logits = torch.where(
+                getattr(self, f"own_heads_{i}"), self.risk_logits(own_in, self.recurrent(own_in)), logits
+            )
         return logits, forecast
 
     def risk_logits(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ class ConsumerProcess:
         self._offsets: dict[str, int] = {}
         self._lagging: set[str] = set()
         self._reachable = True
-        self._high_water: dict[str, int] = {}  # per partition, as the child last saw it (`lag`)
+        self._high_water: dict[str, int] = {}  # per assigned partition, as the child last saw it (`lag`)
         self._proc: Any = None
         self._early = False  # started by `start`, before the offsets were known
         self._ask = False  # the child waits to be asked for the next poll (the last batch was empty)
@@ -146,8 +146,7 @@ class ConsumerProcess:
             self._control.send(("poll", None))
         kind, payload = self._recv(None)
         assert kind == "batch"
-        batches, self._lagging, self._reachable, high_water = payload
-        self._high_water.update(high_water)
+        batches, self._lagging, self._reachable, self._high_water = payload
         self._ask = not batches
         return list(batches)
 

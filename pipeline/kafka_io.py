@@ -245,17 +245,23 @@ class StreamConsumer:
             headers={i: list(h) for i, h in enumerate(headers) if h} if any(headers) else {},
         )
 
-    def lagging(self) -> set[str]:
-        """Assigned partitions ("topic:partition") whose position is behind their high-water mark."""
-        out = set()
-        for tp in self.consumer.assignment():
+    def _seen_high_water(self) -> dict[TopicPartition, int]:
+        """The highest high-water mark a fetch response has shown, per assigned partition that has answered one.
+        A rebalance (after an outage) makes kafka-python forget them; the last one seen is still a lower bound,
+        and better than end_offsets(), which the embedded broker under-reports."""
+        assigned = self.consumer.assignment()
+        for tp in assigned:
             high = self.consumer.highwater(tp)
             if high is not None:
                 self._high[tp] = max(high, self._high.get(tp, 0))
-            else:
-                # A rebalance (after an outage) forgets the high-water marks; the last one seen is still a
-                # lower bound, and better than end_offsets(), which the embedded broker under-reports.
-                high = self._high.get(tp)
+        return {tp: high for tp, high in self._high.items() if tp in assigned}
+
+    def lagging(self) -> set[str]:
+        """Assigned partitions ("topic:partition") whose position is behind their high-water mark."""
+        seen = self._seen_high_water()
+        out = set()
+        for tp in self.consumer.assignment():
+            high = seen.get(tp)
             if high is None:
                 # No fetch response yet for this partition: it may simply be empty. Ask the broker; if it
                 # does not answer, the partition may hold unread messages, so it keeps holding.
@@ -271,8 +277,7 @@ class StreamConsumer:
     def high_water(self) -> dict[str, int]:
         """The high-water mark last seen in a fetch response, per assigned partition ("topic:partition") that
         has answered one."""
-        assigned = self.consumer.assignment()
-        return {f"{tp.topic}:{tp.partition}": high for tp, high in self._high.items() if tp in assigned}
+        return {f"{tp.topic}:{tp.partition}": high for tp, high in self._seen_high_water().items()}
 
     def lag(self, offsets: dict[str, int]) -> dict[str, int]:
         """Messages beyond `offsets` (the state checkpoint's), per assigned partition (pipeline.batch.lag_beyond)."""

@@ -332,7 +332,20 @@ def test_an_empty_poll_ends_once_every_partition_has_answered_with_nothing_to_re
         got: list[RawBatch] = []
         while sum(len(b) for b in got) < 6:
             got += consumer.poll_batch(timeout_ms=60_000)
+        # the high-water marks of the fetches, for the lag after a run, without asking `lagging` first
+        assert sum(consumer.high_water().values()) == 6 and len(consumer.high_water()) == len(s.input_topics()) * 2
+        assert consumer.lag({}) == consumer.high_water() and sum(consumer.lag(next_offsets(got)).values()) == 0
         assert consumer.poll_batch(timeout_ms=60_000) == []
         assert time.monotonic() - t0 < 30  # three polls with a minute's timeout each
     finally:
         consumer.close()
+
+
+def next_offsets(batches: list[RawBatch]) -> dict[str, int]:
+    """The next offset to read per "topic:partition", past every message in `batches`."""
+    out: dict[str, int] = {}
+    for b in batches:
+        for part, offset in zip(b.partitions.tolist(), b.offsets.tolist(), strict=True):
+            key = f"{b.topic}:{part}"
+            out[key] = max(out.get(key, 0), offset + 1)
+    return out
