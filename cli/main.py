@@ -162,9 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(handler=cmd_train)
 
     lo = sub.add_parser("lodo", help="leave one real dataset out: train without each cohort, evaluate on it")
-    lo.add_argument("--patients", type=int, default=300, help="simulated patients (default 300)")
+    lo.add_argument("--patients", type=int, help="simulated patients (default: models.train.LODO_PATIENTS)")
     lo.add_argument("--hours", type=float, default=12.0, help="hours per patient (default 12)")
-    lo.add_argument("--epochs", type=int, default=12, help="most epochs (default 12)")
+    lo.add_argument("--epochs", type=int, help="most epochs (default: models.train.LODO_EPOCHS)")
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--out", type=Path, help="checkpoint whose card gets the results (default: the shipped one)")
     _real_arguments(lo)
@@ -554,15 +554,15 @@ def cmd_lodo(args: argparse.Namespace) -> int:
 
     from models.card import model_card
     from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.train import TrainConfig, leave_one_dataset_out
+    from models.train import LODO_EPOCHS, LODO_PATIENTS, TrainConfig, leave_one_dataset_out
 
     cohorts = _cohorts(args)
     if not cohorts:
         raise ConfigError("no real cohort found (data/real/ or --real-data DIR)")
     cfg = TrainConfig(
-        patients=args.patients,
+        patients=args.patients or LODO_PATIENTS,
         hours=args.hours,
-        epochs=args.epochs,
+        epochs=args.epochs or LODO_EPOCHS,
         seed=args.seed,
         bootstrap=100,
         real_roots=tuple(str(r) for r in args.real_data),

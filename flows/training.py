@@ -1,9 +1,10 @@
 """The training flow: simulate -> train -> calibrate -> evaluate -> promote or not -> checkpoint + model card.
 
 Thin on purpose: the work lives in `models.train`, `models.card` and `models.figures`; the flow adds what
-orchestration adds (a named run, logs, a schedule when served) and the promotion rule: the new checkpoint
-replaces the one at `out` only when it beats it on the same test windows (or `force`); otherwise it is
-written beside it as a candidate.
+orchestration adds (a named run, logs, a schedule when served) and applies the promotion rules
+(`models.promotion`): the new checkpoint replaces the one at `out` only when it beats it on the same test
+windows or, when its training procedure changed, when that procedure beats the shipped one leave one dataset
+out (or `force`); otherwise it is written beside it as a candidate.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from prefect.exceptions import MissingContextError
 from models.card import model_card
 from models.figures import pictures
 from models.lstm import DEFAULT_CHECKPOINT
-from models.train import TrainConfig, figures, shipped_figures, should_promote, train
+from models.promotion import (
+    PROCEDURE_SEEDS,
+    active_procedure,
+    compare_procedures,
+    figures,
+    load_shipped,
+    procedure_changes,
+    procedure_verdict,
+    shipped_figures,
+    should_promote,
+)
+from models.train import TrainConfig, train
 
 
 @flow(name="vitalstream-train", validate_parameters=False)
@@ -35,10 +47,14 @@ def training_flow(
     real_roots: tuple[str, ...] = (),
     real_patients: int = TrainConfig.real_patients,
     real_hours: float = TrainConfig.real_hours,
+    procedure_seeds: tuple[int, ...] = PROCEDURE_SEEDS,
+    procedure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on simulated patients and the `real` cohorts (models.cohorts); write the checkpoint, its model
     card and pictures beside `out`. With `holdout`, that cohort is left out of training and validation and
-    is the real test set (leave one dataset out)."""
+    is the real test set (leave one dataset out). `procedure` sets other `TrainConfig` fields (how the model
+    learns); a procedure other than the shipped checkpoint's is judged leave one dataset out with
+    `procedure_seeds`."""
     try:
         logger: Any = get_run_logger()
     except MissingContextError:  # called as training_flow.fn(...), outside a flow run (tests)
@@ -54,15 +70,34 @@ def training_flow(
         real_roots=tuple(str(r) for r in real_roots),
         real_patients=real_patients,
         real_hours=real_hours,
+        **(procedure or {}),
     )
     ckpt, splits = train(cfg, log=logger.info)
     out = Path(out)
     new = figures(ckpt, splits["test"])
-    shipped, shipped_version = shipped_figures(out, ckpt, splits["test"])
+    old, shipped_version = load_shipped(out)
+    shipped = shipped_figures(old, ckpt, splits["test"]) if old is not None else None
+    if old is not None and shipped is None:
+        shipped_version += ": another horizon or feature set, not comparable"
     promoted, reason = should_promote(new, shipped)
+    promotion: dict[str, Any] = {"shipped": shipped_version, "figures": shipped}
+    changes = procedure_changes(ckpt.training["config"], old.training.get("config", {})) if old is not None else {}
+    active = active_procedure(cfg, changes)
+    cohorts = (*cfg.real, *([cfg.holdout] if cfg.holdout else []))
+    if old is not None and changes and not force:
+        if active is None or not cohorts:
+            reason += " (the procedure changed, but " + (
+                "the shipped checkpoint does not record it" if active is None else "no real cohort to judge it on"
+            ) + ")"  # fmt: skip
+        else:
+            runs = compare_procedures(cfg, active, cohorts, tuple(procedure_seeds), log=logger.info)
+            checkpoint_rule = f"the checkpoint rule alone: {'yes' if promoted else 'no'}, {reason}"
+            promoted, reason, gains = procedure_verdict(runs, changes, ckpt.metrics["targets"], old.metrics["targets"])
+            reason += f"; {checkpoint_rule}"
+            promotion["procedure"] = {"changes": changes, "gains": gains, "runs": runs}
     if force and not promoted:
         promoted, reason = True, f"forced ({reason})"
-    ckpt.metrics["promotion"] = {"promoted": promoted, "reason": reason, "shipped": shipped_version, "figures": shipped}
+    ckpt.metrics["promotion"] = {"promoted": promoted, "reason": reason, **promotion}
     suffix = "" if promoted else ".candidate"
     path = out if promoted else out.with_name(f"{out.stem}{suffix}{out.suffix}")
     ckpt.save(path)

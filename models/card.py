@@ -178,6 +178,7 @@ def model_card(
             f"(shipped: {promotion['shipped']}).",
             "",
         ]
+        lines += procedure_table(promotion.get("procedure"))
     lines += [
         f"![loss curves](loss_curve{pics}.png) ![calibration](calibration{pics}.png) ![ROC](roc{pics}.png)",
         "",
@@ -192,6 +193,33 @@ TARGET_NAMES = {
     "no_event_alerts_per_day": "patients without events: alerts (risk >= high, one per hour) per patient-day <= 1",
     "ece": "expected calibration error <= 0.05",
 }
+
+
+def procedure_table(procedure: dict[str, Any] | None) -> list[str]:
+    """The procedure rule's runs (`models.promotion.compare_procedures`): per held-out cohort and seed, the
+    AUROC of each judged target for both procedures."""
+    if not procedure:
+        return []
+    from models.promotion import JUDGED_HEADS
+
+    lines = [
+        "The training procedure changed ("
+        + ", ".join(f"`{k}` {old} -> {new}" for k, (old, new) in procedure["changes"].items())
+        + "), so it was judged leave one dataset out against the shipped checkpoint's procedure, same seeds "
+        "(AUROC, candidate / shipped; a head is judged where the cohort has enough events):",
+        "",
+        "| held-out cohort | seed | " + " | ".join(JUDGED_HEADS) + " |",
+        "|---|---|" + "---|" * len(JUDGED_HEADS),
+    ]
+    for name, by_seed in procedure["runs"].items():
+        for seed, r in by_seed.items():
+            cells = []
+            for h in JUDGED_HEADS:
+                a, b = r["candidate"]["heads"].get(h, {}), r["active"]["heads"].get(h, {})
+                judged = "" if a.get("enough_events") else " (not judged)"
+                cells.append(f"{a.get('auroc', float('nan')):.3f} / {b.get('auroc', float('nan')):.3f}{judged}")
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _read_lodo(card: Path) -> dict[str, Any] | None:

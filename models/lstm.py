@@ -145,6 +145,10 @@ class RiskLSTM(nn.Module):
         # (buffers, not saved: they follow the module to a device and are derived from the config)
         features = [_stream_of(n) for n in MODEL_FEATURES[: cfg.n_features]]
         self.own_streams = list(dict.fromkeys(CONDITION_STREAMS[h] for h in cfg.own_stream_heads))
+        # what a stream the patient does not wear reads as (models.scorer.absent_inputs: counts of 0 are not 0
+        # once normalised); set from the checkpoint's normalisation by `Checkpoint.model` and training
+        self.absent: torch.Tensor
+        self.register_buffer("absent", torch.zeros(cfg.n_features), persistent=False)
         for i, stream in enumerate(self.own_streams):
             keep = torch.tensor([f == stream for f in features], dtype=torch.float32)
             heads = torch.tensor([h in cfg.own_stream_heads and CONDITION_STREAMS[h] == stream for h in cfg.heads])
@@ -228,8 +232,11 @@ class RiskLSTM(nn.Module):
         out = self.recurrent(x_in)
         forecast: torch.Tensor = self.forecast(out[:, -2:])
         logits = self.risk_logits(x_in, out)
+        # a window with no reading at all (a gap in the context) is all zeros, as `models.scorer.sequences` fills it
+        window = (x != 0).any(dim=2, keepdim=True).to(x.dtype)
         for i in range(len(self.own_streams)):  # `own_stream_heads`: the same network, other streams absent
-            own_in = self.inputs(x * getattr(self, f"own_keep_{i}"))
+            keep = getattr(self, f"own_keep_{i}")
+            own_in = self.inputs(x * keep + self.absent * (1 - keep) * window)
             logits = torch.where(
                 getattr(self, f"own_heads_{i}"), self.risk_logits(own_in, self.recurrent(own_in)), logits
             )
@@ -280,8 +287,11 @@ class Checkpoint:
         return ModelContract(tuple(self.feature_names), conditions, window_ms, self.config.window_count)
 
     def model(self) -> RiskLSTM:
+        from models.scorer import absent_inputs
+
         net = RiskLSTM(self.config)
         net.load_state_dict(self.state_dict)
+        net.absent.copy_(torch.from_numpy(absent_inputs(np.asarray(self.center), np.asarray(self.scale))))
         net.eval()
         return net
 

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from models.evaluate import auroc, network_outputs, real_baselines
+from models.scorer import absent_inputs
 from models.train import TrainConfig, train
 from pipeline.model_contract import HEADS, MODEL_FEATURES
 
 COHORTS = ("t1d_uom", "ddatshr", "mimic3_demo", "physionet_challenge2012")
 GLUCOSE = ("hypoglycaemia", "hyperglycaemia")
+VARIANTS = {"full": (), "own": GLUCOSE, "vitals": (*GLUCOSE, "cardiac", "respiratory")}
 
 
 def main(variant: str, seed: int, hold: str) -> dict:
@@ -37,7 +39,7 @@ def main(variant: str, seed: int, hold: str) -> dict:
     cfg = TrainConfig(
         patients=300, epochs=12, seed=seed, bootstrap=30, real_roots=(data,),
         real=tuple(c for c in COHORTS if c != hold), holdout=hold,
-        own_stream_heads=GLUCOSE if variant == "own" else (),
+        own_stream_heads=VARIANTS[variant],
     )  # fmt: skip
     ckpt, splits = train(cfg, lambda *a: None)
     m = ckpt.metrics["real"][hold]
@@ -57,7 +59,7 @@ def main(variant: str, seed: int, hold: str) -> dict:
     if sub.keys is not None and any("heart_rate" in k and "glucose" in k for k in sub.keys.tolist()):
         logits, _ = network_outputs(ckpt, sub.x)
         absent = sub.x.copy()
-        absent[:, :, hr] = 0.0
+        absent[:, :, hr] = absent_inputs(np.asarray(ckpt.center), np.asarray(ckpt.scale))[hr]
         without, _ = network_outputs(ckpt, absent)
         trend = real_baselines(sub, ckpt.config.window_count)["trend"][:, hi]
         rows = {}

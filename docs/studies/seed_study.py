@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from models.train import TrainConfig, figures, train
+from models.promotion import figures
+from models.train import TrainConfig, train
 
 COHORTS = ("t1d_uom", "ddatshr", "mimic3_demo", "physionet_challenge2012")
 

@@ -13,7 +13,8 @@ import torch
 
 from models.evaluate import BASELINES
 from models.lstm import CONDITIONS, DEFAULT_CHECKPOINT, HEADS, Checkpoint, LSTMConfig, RiskLSTM, load_checkpoint
-from models.train import TrainConfig, should_promote, train
+from models.promotion import should_promote
+from models.train import TrainConfig, train
 from pipeline.model_contract import MODEL_FEATURES
 
 TINY = TrainConfig(patients=60, hours=4.0, epochs=2, hidden=16, layers=1, window_count=6, seed=3, bootstrap=20)
@@ -109,7 +110,7 @@ def test_the_promotion_rule() -> None:
 def test_real_windows_are_compared_only_between_checkpoints_that_split_real_patients_alike() -> None:
     from dataclasses import asdict
 
-    from models.train import same_real_split
+    from models.promotion import same_real_split
 
     a = asdict(TrainConfig())
     assert same_real_split(a, asdict(TrainConfig(seed=7)))  # the training seed no longer moves the split
@@ -317,6 +318,38 @@ def test_conditions_judged_from_their_own_stream_ignore_the_other_streams_whole_
     for h in ("cardiac", "any"):
         assert not torch.allclose(a[:, HEADS.index(h)], b[:, HEADS.index(h)])
         assert torch.allclose(a[:, HEADS.index(h)], c[:, HEADS.index(h)])  # the full pass, as without the option
+
+
+def test_a_condition_judged_from_its_own_stream_reads_the_others_as_a_patient_who_does_not_wear_them() -> None:
+    """The own-stream pass replaces the other streams with what an absent stream reads as after normalisation
+    (a count of 0 is not 0 then): for a patient who wears only a CGM, it is the full pass."""
+    from models.scorer import absent_inputs
+
+    cfg = LSTMConfig(hidden=4, layers=1, window_count=4, own_stream_heads=("hypoglycaemia",))
+    torch.manual_seed(0)
+    center = np.linspace(0.1, 0.9, len(MODEL_FEATURES))
+    scale = np.full(len(MODEL_FEATURES), 2.0)
+    ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), center.tolist(), scale.tolist())
+    absent = absent_inputs(center, scale)
+    count = MODEL_FEATURES.index("heart_rate_count")
+    assert (
+        absent[count] == np.float32(-center[count] / 2.0) and absent[MODEL_FEATURES.index("heart_rate_bpm_mean")] == 0
+    )
+    x = torch.rand(3, 4, len(MODEL_FEATURES))
+    others = [i for i, name in enumerate(MODEL_FEATURES) if not name.startswith("glucose")]
+    x[:, :, others] = torch.from_numpy(absent[others])  # a patient with a CGM only
+    x[1, :2] = 0.0  # whose record has a gap (a window without any reading is all zeros)
+    own = ckpt.model()
+    plain = Checkpoint(
+        LSTMConfig(hidden=4, layers=1, window_count=4),
+        ckpt.state_dict,
+        ckpt.feature_names,
+        center.tolist(),
+        scale.tolist(),
+    )
+    with torch.no_grad():
+        a, b = own(x)[0], plain.model()(x)[0]
+    torch.testing.assert_close(a, b)
 
 
 def test_real_patients_split_the_same_way_whatever_the_training_seed() -> None:
