@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, help="checkpoint path (default: the shipped checkpoint in models/checkpoints/)")
     t.add_argument("--force", action="store_true", help="replace the checkpoint even if the new one does not beat it")
+    t.add_argument(
+        "--procedure-seeds",
+        type=int,
+        nargs="+",
+        help="seeds for judging a changed training procedure leave one dataset out (default: "
+        "models.promotion.PROCEDURE_SEEDS)",
+    )
     _real_arguments(t)
     t.add_argument("--holdout", default="", help="a real cohort left out of training: the whole cohort is test")
     t.set_defaults(handler=cmd_train)
@@ -525,6 +532,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, api: Any) -> int:
     from flows.training import training_flow
     from models.lstm import DEFAULT_CHECKPOINT
+    from models.promotion import PROCEDURE_SEEDS
     from models.train import print_result
 
     out = args.out or DEFAULT_CHECKPOINT
@@ -544,6 +552,7 @@ def _train(args: argparse.Namespace, api: Any) -> int:
         real_roots=roots,
         real_patients=args.real_patients,
         real_hours=args.real_hours,
+        procedure_seeds=tuple(args.procedure_seeds or PROCEDURE_SEEDS),
     )
     print_result(result)
     return 0

@@ -231,16 +231,20 @@ class RiskLSTM(nn.Module):
         x_in = self.inputs(x)
         out = self.recurrent(x_in)
         forecast: torch.Tensor = self.forecast(out[:, -2:])
-        logits = self.risk_logits(x_in, out)
+        return self.own_stream_logits(x, self.risk_logits(x_in, out)), forecast
+
+    def own_stream_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """`own_stream_heads`: those conditions' logits from a pass of the same network over `x` with every
+        other stream absent (as a patient who does not wear it reads); the other heads keep `logits`."""
         # a window with no reading at all (a gap in the context) is all zeros, as `models.scorer.sequences` fills it
         window = (x != 0).any(dim=2, keepdim=True).to(x.dtype)
-        for i in range(len(self.own_streams)):  # `own_stream_heads`: the same network, other streams absent
+        for i in range(len(self.own_streams)):
             keep = getattr(self, f"own_keep_{i}")
             own_in = self.inputs(x * keep + self.absent * (1 - keep) * window)
             logits = torch.where(
                 getattr(self, f"own_heads_{i}"), self.risk_logits(own_in, self.recurrent(own_in)), logits
             )
-        return logits, forecast
+        return logits
 
     def risk_logits(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The risk logits [batch, heads] from the last step: the LSTM's head, plus the linear skip."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,29 @@ def test_a_condition_judged_from_its_own_stream_reads_the_others_as_a_patient_wh
     with torch.no_grad():
         a, b = own(x)[0], plain.model()(x)[0]
     torch.testing.assert_close(a, b)
+
+
+def test_training_fits_the_logits_inference_answers_with_absent_streams_read_as_scoring_reads_them() -> None:
+    """With `own_stream_heads`, the loss is on the own-stream pass (what the scorer returns for those heads),
+    and the training network reads an absent stream as `Checkpoint.model` will (not as zeros)."""
+    from unittest import mock
+
+    from models.scorer import absent_inputs
+
+    seen: list[torch.Tensor] = []
+    original = RiskLSTM.own_stream_logits
+
+    def spy(net: RiskLSTM, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if net.training:
+            seen.append(net.absent.clone())
+        return original(net, x, logits)
+
+    small = TrainConfig(patients=30, hours=2.0, epochs=1, hidden=8, layers=1, window_count=4, seed=1, bootstrap=5)
+    with mock.patch.object(RiskLSTM, "own_stream_logits", spy):
+        ckpt, _ = train(replace(small, own_stream_heads=("hypoglycaemia",)), log=lambda _: None)
+    assert seen, "the training loss never went through the own-stream pass"
+    expected = absent_inputs(np.asarray(ckpt.center), np.asarray(ckpt.scale))
+    np.testing.assert_allclose(seen[0].numpy(), expected)
 
 
 def test_real_patients_split_the_same_way_whatever_the_training_seed() -> None:
