@@ -21,16 +21,16 @@ def test_what_a_run_trains_on_is_not_a_new_procedure_but_how_it_learns_is() -> N
     shipped = asdict(TrainConfig())
     data_only = asdict(TrainConfig(seed=3, patients=50, epochs=2, real=("a",), real_roots=("/x",), bootstrap=5))
     assert procedure_changes(data_only, shipped) == {}
-    changed = asdict(TrainConfig(own_stream_heads=GLUCOSE, hidden=16))
-    assert procedure_changes(changed, shipped) == {"own_stream_heads": ([], list(GLUCOSE)), "hidden": (32, 16)}
+    changed = asdict(TrainConfig(own_stream_heads=(), hidden=16))
+    assert procedure_changes(changed, shipped) == {"own_stream_heads": (list(GLUCOSE), []), "hidden": (32, 16)}
     # a checkpoint trained before own_stream_heads was recorded was trained without it
-    older = {k: v for k, v in shipped.items() if k != "own_stream_heads"}
-    assert procedure_changes(shipped, older) == {}
-    assert procedure_changes(changed, older)["own_stream_heads"] == ([], list(GLUCOSE))
+    older = {k: v for k, v in changed.items() if k != "own_stream_heads"}
+    assert procedure_changes(changed, older) == {}
+    assert procedure_changes(shipped, older)["own_stream_heads"] == ([], list(GLUCOSE))
 
 
 def test_the_shipped_procedure_is_the_candidate_config_with_the_old_values_of_what_changed() -> None:
-    candidate = TrainConfig(own_stream_heads=GLUCOSE, real=("a", "b"), seed=4)
+    candidate = TrainConfig(own_stream_heads=(), real=("a", "b"), seed=4)
     active = active_procedure(candidate, procedure_changes(asdict(candidate), asdict(TrainConfig())))
     assert active == TrainConfig(real=("a", "b"), seed=4)  # same data, the shipped way of learning
     # a field the shipped checkpoint did not record cannot be rebuilt: no comparison rather than a guess
@@ -108,14 +108,14 @@ def test_the_flow_judges_a_changed_procedure_leave_one_dataset_out(tmp_path: Pat
     real = {"real": ("wearables",), "real_roots": (str(data),), "procedure_seeds": (0,)}
     assert training_flow.fn(**kw, **real)["promoted"]  # nothing shipped yet
     shipped = load_checkpoint(out).version
-    result = training_flow.fn(**kw, **real, procedure={"own_stream_heads": GLUCOSE})
+    result = training_flow.fn(**kw, **real, procedure={"own_stream_heads": ()})
     procedure = result["metrics"]["promotion"]["procedure"]
-    assert procedure["changes"] == {"own_stream_heads": ([], list(GLUCOSE))}
+    assert procedure["changes"] == {"own_stream_heads": (list(GLUCOSE), [])}
     # both procedures trained without the cohort and were scored on all of it, with the same seed
     pair = procedure["runs"]["wearables"]["0"]
     assert set(pair) == {"candidate", "active"} and "any" in pair["candidate"]["heads"]
     assert all(0 <= pair[w]["heads"]["any"]["auroc"] <= 1 for w in pair)
-    assert "procedure changed (own_stream_heads [] -> ['hypoglycaemia', 'hyperglycaemia'])" in result["reason"]
+    assert "procedure changed (own_stream_heads ['hypoglycaemia', 'hyperglycaemia'] -> [])" in result["reason"]
     assert "the checkpoint rule alone" in result["reason"]
     card = (out.parent / f"model_card{'' if result['promoted'] else '.candidate'}.md").read_text()
     assert "| wearables | 0 |" in card
