@@ -194,7 +194,8 @@ def compare_procedures(
                 run = replace(cfg, patients=patients, epochs=epochs, seed=seed, bootstrap=10, real=others, holdout=name)
                 jobs.append((run, name))
                 keys.append((name, seed, which))
-    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1, 8))
+    # one thread each; about 1.4 GB each with the four cohorts, hence at most 4 at a time
+    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1, 4))
     log(f"procedure changed: {len(jobs)} leave-one-dataset-out runs, {workers} at a time")
     out: dict[str, Any] = {}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:

@@ -4,11 +4,12 @@ side, one CPU thread each.
 
     PYTHONPATH=. python docs/studies/own_stream_study.py VARIANT SEED HOLDOUT [OUT_DIR]
 
-VARIANT `own` trains the glucose conditions from their own stream alone (the shipped default), `full` from
-every stream (the checkpoints before). Prints, as JSON, the held-out cohort's AUROC per head, the best
-baseline per head, ECE, and for a cohort with a wrist heart rate (t1d_uom) the hypoglycaemia AUROC per sensor
-configuration with the same trained network's heart-rate inputs made absent (zeros, how a stream the patient
-does not wear reads): the diagnosis that led to the option. Environment: DATA (folder of cohorts, default
+VARIANT `own` trains and judges the glucose conditions from their own stream alone (the default
+procedure), `full` from every stream (the procedure before), `vitals` the cardiac and respiratory conditions too.
+Prints, as JSON, the held-out cohort's AUROC per head, the best baseline per head, ECE, and for a cohort with a
+wrist heart rate (t1d_uom) the hypoglycaemia AUROC per sensor configuration with the same trained network's
+heart-rate inputs made absent (`models.scorer.absent_inputs`, how a stream the patient does not wear reads):
+the diagnosis that led to the option. Environment: DATA (folder of cohorts, default
 ../shared/data). Each call takes 60-90 s on one core of the 2-core development machine.
 """
 
