@@ -54,7 +54,12 @@ def model_card(
         f"windows of 5 min; horizon {ckpt.config.horizon_minutes} min; overall risk from the "
         f"{'condition heads, 1 - prod(1 - p)' if ckpt.any_source == 'conditions' else 'any-event head'} "
         f"(validation AUROC: head {m['validation_any_auroc'].get('head', float('nan')):.3f}, "
-        f"from conditions {m['validation_any_auroc'].get('conditions', float('nan')):.3f}); isotonic calibration.",
+        f"from conditions {m['validation_any_auroc'].get('conditions', float('nan')):.3f}); isotonic calibration"
+        + (
+            f"; judged and trained from their own stream alone: {', '.join(ckpt.config.own_stream_heads)}."
+            if ckpt.config.own_stream_heads
+            else "."
+        ),
     ]
     lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path))
     lines += outcome_section(_read_outcomes(path, ckpt.version))
