@@ -14,7 +14,7 @@ from models.lstm import load_checkpoint
 from models.promotion import PROMOTION_TOLERANCE, active_procedure, procedure_changes, procedure_verdict
 from models.train import TrainConfig
 
-GLUCOSE = ("hypoglycaemia", "hyperglycaemia")
+OWN = TrainConfig().own_stream_heads  # the default procedure's
 
 
 def test_what_a_run_trains_on_is_not_a_new_procedure_but_how_it_learns_is() -> None:
@@ -22,11 +22,11 @@ def test_what_a_run_trains_on_is_not_a_new_procedure_but_how_it_learns_is() -> N
     data_only = asdict(TrainConfig(seed=3, patients=50, epochs=2, real=("a",), real_roots=("/x",), bootstrap=5))
     assert procedure_changes(data_only, shipped) == {}
     changed = asdict(TrainConfig(own_stream_heads=(), hidden=16))
-    assert procedure_changes(changed, shipped) == {"own_stream_heads": (list(GLUCOSE), []), "hidden": (32, 16)}
+    assert procedure_changes(changed, shipped) == {"own_stream_heads": (list(OWN), []), "hidden": (32, 16)}
     # a checkpoint trained before own_stream_heads was recorded was trained without it
     older = {k: v for k, v in changed.items() if k != "own_stream_heads"}
     assert procedure_changes(changed, older) == {}
-    assert procedure_changes(shipped, older)["own_stream_heads"] == ([], list(GLUCOSE))
+    assert procedure_changes(shipped, older)["own_stream_heads"] == ([], list(OWN))
 
 
 def test_the_shipped_procedure_is_the_candidate_config_with_the_old_values_of_what_changed() -> None:
@@ -57,7 +57,7 @@ MET = {"auroc": {"met": True}, "median_lead_minutes": {"met": False}}
 
 
 def test_a_procedure_is_promoted_on_a_mean_gain_with_no_cohort_losing_beyond_the_tolerance() -> None:
-    changes = {"own_stream_heads": ([], list(GLUCOSE))}
+    changes = {"own_stream_heads": ([], list(OWN))}
     better = runs({"a": {"any": [0.04, 0.03], "hypoglycaemia": [0.05, 0.05]}, "b": {"any": [-0.01, 0.0]}})
     ok, reason, gains = procedure_verdict(better, changes, MET, MET)
     assert ok and "mean any-event AUROC gain +0.015" in reason and "own_stream_heads" in reason
@@ -110,12 +110,12 @@ def test_the_flow_judges_a_changed_procedure_leave_one_dataset_out(tmp_path: Pat
     shipped = load_checkpoint(out).version
     result = training_flow.fn(**kw, **real, procedure={"own_stream_heads": ()})
     procedure = result["metrics"]["promotion"]["procedure"]
-    assert procedure["changes"] == {"own_stream_heads": (list(GLUCOSE), [])}
+    assert procedure["changes"] == {"own_stream_heads": (list(OWN), [])}
     # both procedures trained without the cohort and were scored on all of it, with the same seed
     pair = procedure["runs"]["wearables"]["0"]
     assert set(pair) == {"candidate", "active"} and "any" in pair["candidate"]["heads"]
     assert all(0 <= pair[w]["heads"]["any"]["auroc"] <= 1 for w in pair)
-    assert "procedure changed (own_stream_heads ['hypoglycaemia', 'hyperglycaemia'] -> [])" in result["reason"]
+    assert f"procedure changed (own_stream_heads {list(OWN)} -> [])" in result["reason"]
     assert "the checkpoint rule alone" in result["reason"]
     card = (out.parent / f"model_card{'' if result['promoted'] else '.candidate'}.md").read_text()
     assert "| wearables | 0 |" in card
