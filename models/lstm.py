@@ -104,6 +104,14 @@ def _input_streams(cfg: LSTMConfig) -> list[str]:
     return out
 
 
+def absent_inputs(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """[F] float32: what `models.scorer.feature_matrix` makes of a window in which no stream has a reading
+    (values null -> 0; counts and presence 0, normalised: a count of 0 is not 0 then). How a stream the
+    patient does not wear reads to the network (a test keeps this and `feature_matrix` in step)."""
+    raw = np.array([0.0 if n.endswith(("_count", "_present")) else np.nan for n in MODEL_FEATURES], np.float64)
+    return np.nan_to_num((raw - np.asarray(center)) / np.asarray(scale), nan=0.0).astype(np.float32)
+
+
 class RiskLSTM(nn.Module):
     def __init__(self, cfg: LSTMConfig) -> None:
         super().__init__()
@@ -145,7 +153,7 @@ class RiskLSTM(nn.Module):
         # (buffers, not saved: they follow the module to a device and are derived from the config)
         features = [_stream_of(n) for n in MODEL_FEATURES[: cfg.n_features]]
         self.own_streams = list(dict.fromkeys(CONDITION_STREAMS[h] for h in cfg.own_stream_heads))
-        # what a stream the patient does not wear reads as (models.scorer.absent_inputs: counts of 0 are not 0
+        # what a stream the patient does not wear reads as (`absent_inputs`: counts of 0 are not 0
         # once normalised); set from the checkpoint's normalisation by `Checkpoint.model` and training
         self.absent: torch.Tensor
         self.register_buffer("absent", torch.zeros(cfg.n_features), persistent=False)
@@ -291,8 +299,6 @@ class Checkpoint:
         return ModelContract(tuple(self.feature_names), conditions, window_ms, self.config.window_count)
 
     def model(self) -> RiskLSTM:
-        from models.scorer import absent_inputs
-
         net = RiskLSTM(self.config)
         net.load_state_dict(self.state_dict)
         net.absent.copy_(torch.from_numpy(absent_inputs(np.asarray(self.center), np.asarray(self.scale))))

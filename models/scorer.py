@@ -84,16 +84,6 @@ def feature_matrix(windows: pa.Table, center: np.ndarray, scale: np.ndarray) -> 
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-def absent_inputs(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """[F] float32: `feature_matrix` of a window in which no stream has a reading (values null, counts and
-    presence 0): how a stream the patient does not wear reads to the network (a count of 0 is not 0 after
-    normalisation)."""
-    absent = pa.table(
-        {n: pa.array([0 if n.endswith(("_count", "_present")) else None], pa.float64()) for n in MODEL_FEATURES}
-    )
-    return feature_matrix(absent, np.asarray(center), np.asarray(scale))[0]
-
-
 def sequences(
     context: pa.Table, context_x: np.ndarray, targets: pa.Table, window_ms: int, length: int
 ) -> tuple[np.ndarray, np.ndarray]:

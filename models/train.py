@@ -31,8 +31,8 @@ from models import evaluate as ev
 from models.cohorts import cohort_file, draw_patients, load_cohort
 from models.evaluate import Split
 from models.labels import window_labels
-from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, vital_pairs
-from models.scorer import absent_inputs, assessment, feature_matrix, model_inputs, sequences
+from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, absent_inputs, vital_pairs
+from models.scorer import assessment, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
 from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, RiskLevels, sensor_configuration
 from sim.simulate import PROFILES, SimulationConfig, detect_events, simulate

@@ -8,7 +8,7 @@ VARIANT `own` trains and judges the glucose conditions from their own stream alo
 procedure), `full` from every stream (the procedure before), `vitals` the cardiac and respiratory conditions too.
 Prints, as JSON, the held-out cohort's AUROC per head, the best baseline per head, ECE, and for a cohort with a
 wrist heart rate (t1d_uom) the hypoglycaemia AUROC per sensor configuration with the same trained network's
-heart-rate inputs made absent (`models.scorer.absent_inputs`, how a stream the patient does not wear reads):
+heart-rate inputs made absent (`models.lstm.absent_inputs`, how a stream the patient does not wear reads):
 the diagnosis that led to the option. Environment: DATA (folder of cohorts, default
 ../shared/data). Each call takes 60-90 s on one core of the 2-core development machine.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from models.evaluate import auroc, network_outputs, real_baselines
-from models.scorer import absent_inputs
+from models.lstm import absent_inputs
 from models.train import TrainConfig, train
 from pipeline.model_contract import HEADS, MODEL_FEATURES
 

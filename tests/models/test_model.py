@@ -329,7 +329,10 @@ def test_conditions_judged_from_their_own_stream_ignore_the_other_streams_whole_
 def test_a_condition_judged_from_its_own_stream_reads_the_others_as_a_patient_who_does_not_wear_them() -> None:
     """The own-stream pass replaces the other streams with what an absent stream reads as after normalisation
     (a count of 0 is not 0 then): for a patient who wears only a CGM, it is the full pass."""
-    from models.scorer import absent_inputs
+    import pyarrow as pa
+
+    from models.lstm import absent_inputs
+    from models.scorer import feature_matrix
 
     cfg = LSTMConfig(hidden=4, layers=1, window_count=4, own_stream_heads=("hypoglycaemia",))
     torch.manual_seed(0)
@@ -337,6 +340,11 @@ def test_a_condition_judged_from_its_own_stream_reads_the_others_as_a_patient_wh
     scale = np.full(len(MODEL_FEATURES), 2.0)
     ckpt = Checkpoint(cfg, RiskLSTM(cfg).state_dict(), list(MODEL_FEATURES), center.tolist(), scale.tolist())
     absent = absent_inputs(center, scale)
+    # as the scorer's own features of a window where no stream has a reading
+    nothing = pa.table(
+        {n: pa.array([0 if n.endswith(("_count", "_present")) else None], pa.float64()) for n in MODEL_FEATURES}
+    )
+    np.testing.assert_array_equal(absent, feature_matrix(nothing, center, scale)[0])
     count = MODEL_FEATURES.index("heart_rate_count")
     assert (
         absent[count] == np.float32(-center[count] / 2.0) and absent[MODEL_FEATURES.index("heart_rate_bpm_mean")] == 0
@@ -363,7 +371,7 @@ def test_training_fits_the_logits_inference_answers_with_absent_streams_read_as_
     and the training network reads an absent stream as `Checkpoint.model` will (not as zeros)."""
     from unittest import mock
 
-    from models.scorer import absent_inputs
+    from models.lstm import absent_inputs
 
     seen: list[torch.Tensor] = []
     original = RiskLSTM.own_stream_logits
