@@ -125,9 +125,9 @@ def test_ctrl_c_during_start_up_stops_the_server(
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
     # Usually our one line and 130; a Ctrl-C that lands inside Prefect's own code can end in its traceback
-    # instead (pydantic turns a KeyboardInterrupt in a serializer into an error of its own); and once, on a
-    # loaded machine, the interpreter ended by the signal itself after printing our line (-SIGINT: what a
-    # shell reports as 130). Each is an interrupted run; what this test is for is that no server is left.
+    # instead (pydantic turns a KeyboardInterrupt in a serializer into an error of its own); and once in CI
+    # the interpreter ended by the signal itself after printing our line (-SIGINT: what a shell reports as
+    # 130). Each is an interrupted run; what this test is for is that no server is left.
     assert run.returncode in (130, 1, -signal.SIGINT), (out, err)
     assert run.returncode != 130 or "vitalstream: interrupted" in err, err
     assert _left_behind(mark) == []
