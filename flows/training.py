@@ -19,17 +19,7 @@ from prefect.exceptions import MissingContextError
 from models.card import model_card
 from models.figures import pictures
 from models.lstm import DEFAULT_CHECKPOINT
-from models.promotion import (
-    PROCEDURE_SEEDS,
-    active_procedure,
-    compare_procedures,
-    figures,
-    load_shipped,
-    procedure_changes,
-    procedure_verdict,
-    shipped_figures,
-    should_promote,
-)
+from models.promotion import PROCEDURE_SEEDS, decide
 from models.train import TrainConfig, train
 
 
@@ -74,30 +64,9 @@ def training_flow(
     )
     ckpt, splits = train(cfg, log=logger.info)
     out = Path(out)
-    new = figures(ckpt, splits["test"])
-    old, shipped_version = load_shipped(out)
-    shipped = shipped_figures(old, ckpt, splits["test"]) if old is not None else None
-    if old is not None and shipped is None:
-        shipped_version += ": another horizon or feature set, not comparable"
-    promoted, reason = should_promote(new, shipped)
-    promotion: dict[str, Any] = {"shipped": shipped_version, "figures": shipped}
-    changes = procedure_changes(ckpt.training["config"], old.training.get("config", {})) if old is not None else {}
-    active = active_procedure(cfg, changes)
-    cohorts = (*cfg.real, *([cfg.holdout] if cfg.holdout else []))
-    if old is not None and changes and not force:
-        if active is None or not cohorts:
-            reason += " (the procedure changed, but " + (
-                "the shipped checkpoint does not record it" if active is None else "no real cohort to judge it on"
-            ) + ")"  # fmt: skip
-        else:
-            runs = compare_procedures(cfg, active, cohorts, tuple(procedure_seeds), log=logger.info)
-            checkpoint_rule = f"the checkpoint rule alone: {'yes' if promoted else 'no'}, {reason}"
-            promoted, reason, gains = procedure_verdict(runs, changes, ckpt.metrics["targets"], old.metrics["targets"])
-            reason += f"; {checkpoint_rule}"
-            promotion["procedure"] = {"changes": changes, "gains": gains, "runs": runs}
-    if force and not promoted:
-        promoted, reason = True, f"forced ({reason})"
-    ckpt.metrics["promotion"] = {"promoted": promoted, "reason": reason, **promotion}
+    promotion = decide(cfg, ckpt, splits["test"], out, force, tuple(procedure_seeds), log=logger.info)
+    promoted, reason = promotion["promoted"], promotion["reason"]
+    ckpt.metrics["promotion"] = promotion
     suffix = "" if promoted else ".candidate"
     path = out if promoted else out.with_name(f"{out.stem}{suffix}{out.suffix}")
     ckpt.save(path)

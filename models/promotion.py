@@ -1,4 +1,4 @@
-"""Promotion: when a newly trained checkpoint replaces the shipped one (`flows/training.py` applies it).
+"""Promotion: when a newly trained checkpoint replaces the shipped one (`decide`; `flows/training.py` calls it).
 
 Two questions, two rules:
 - **The same procedure, new weights** (a nightly run, another seed, new data): the checkpoint rule,
@@ -242,3 +242,40 @@ def procedure_verdict(
     if mean > 0 and gains[worst[0]][worst[1]] >= -PROMOTION_TOLERANCE:
         return True, what, gains
     return False, what + f" (needs > 0 and >= -{PROMOTION_TOLERANCE})", gains
+
+
+def decide(
+    cfg: TrainConfig,
+    ckpt: Checkpoint,
+    test: Split,
+    out: Path,
+    force: bool = False,
+    seeds: tuple[int, ...] = PROCEDURE_SEEDS,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Whether `ckpt` (trained with `cfg`, its test windows `test`) replaces the checkpoint at `out`: the
+    checkpoint rule, or the procedure rule where the procedure changed and a real cohort can judge it
+    (module docstring); `force` promotes without the procedure rule's runs. Returns the card's promotion
+    record: promoted, reason, shipped version, the shipped checkpoint's figures and the procedure runs."""
+    old, shipped_version = load_shipped(out)
+    shipped = shipped_figures(old, ckpt, test) if old is not None else None
+    if old is not None and shipped is None:
+        shipped_version += ": another horizon or feature set, not comparable"
+    promoted, reason = should_promote(figures(ckpt, test), shipped)
+    record: dict[str, Any] = {"shipped": shipped_version, "figures": shipped}
+    changes = procedure_changes(ckpt.training["config"], old.training.get("config", {})) if old is not None else {}
+    cohorts = (*cfg.real, *([cfg.holdout] if cfg.holdout else []))
+    if old is not None and changes and not force:
+        active = active_procedure(cfg, changes)
+        if active is None or not cohorts:
+            why = "the shipped checkpoint does not record it" if active is None else "no real cohort to judge it on"
+            reason += f" (the procedure changed, but {why})"
+        else:
+            runs = compare_procedures(cfg, active, cohorts, seeds, log=log)
+            checkpoint_rule = f"the checkpoint rule alone: {'yes' if promoted else 'no'}, {reason}"
+            promoted, reason, gains = procedure_verdict(runs, changes, ckpt.metrics["targets"], old.metrics["targets"])
+            reason += f"; {checkpoint_rule}"
+            record["procedure"] = {"changes": changes, "gains": gains, "runs": runs}
+    if force and not promoted:
+        promoted, reason = True, f"forced ({reason})"
+    return {"promoted": promoted, "reason": reason, **record}
