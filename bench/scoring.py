@@ -1,11 +1,17 @@
 """Windows scored per second by each scoring engine (PyTorch, onnxruntime), with the shipped checkpoint.
 
-    python bench/scoring.py [--patients 2000] [--hours 1] [--repeats 3]
+    python bench/scoring.py [--patients 2000] [--hours 1] [--repeats 3] [--boundary-hours 7]
+                            [--checkpoint PATH ...]
 
-Simulates patients, builds their windows (not timed), then scores all windows with `Scorer.score` as the
-engine does (context gathering, network, calibration, forecasts, anomalies) once per engine and repeat;
-prints the best rate per engine and the largest difference between the engines' risk scores. A
-benchmark, not a test: nothing here asserts.
+1. All windows at once: simulates patients, builds their windows (not timed), then scores all windows with
+   `Scorer.score` as the engine does (context gathering, network, calibration, forecasts, anomalies) once
+   per engine and repeat; prints the best rate per engine and the largest difference between the engines'
+   risk scores.
+2. One window boundary, as a live run meets it: the same patients simulated for --boundary-hours; each
+   patient's last window is scored with the context the engine keeps of the windows before it
+   (`prune_history` with `Scorer.history_windows`), per checkpoint given (default: the shipped one), so a
+   checkpoint that reads the recent course (6 hours of context) is timed beside one that does not.
+A benchmark, not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=2000)
     ap.add_argument("--hours", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--boundary-hours", type=float, default=7.0)
+    ap.add_argument("--checkpoint", type=Path, action="append", default=[])
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -59,6 +67,44 @@ def main() -> None:
         f"  largest |torch - onnx| risk_score difference: {diff:.2e} over {int(assessed.sum()):,} scored windows; "
         f"the same {int((~assessed).sum()):,} insufficient_data windows: {same_nulls}"
     )
+    boundary(args)
+
+
+def boundary(args: argparse.Namespace) -> None:
+    """Each patient's last window scored with the context the engine keeps (the hot path of a live run)."""
+    import pyarrow.compute as pc
+
+    from models.lstm import load_checkpoint
+    from models.scorer import Scorer, model_inputs, prune_history
+    from pipeline.features import window_features
+    from sim.simulate import SimulationConfig, simulate
+
+    hours = args.boundary_hours
+    sim = simulate(SimulationConfig(patients=args.patients, hours=hours, seed=1, start_ms=1_795_305_600_000))
+    windows = window_features(sim.readings, 300_000)
+    latest = windows.group_by("patient_id").aggregate([("window_start", "max")])
+    start = windows.join(latest, "patient_id").sort_by([("patient_id", "ascending"), ("window_start", "ascending")])
+    last = pc.equal(start.column("window_start"), start.column("window_start_max"))
+    start = start.drop_columns(["window_start_max"])
+    closed, before = start.filter(last), start.filter(pc.invert(last))
+    print(f"one window boundary: {len(closed):,} patients' last window after {hours:g} h of windows")
+    for path in args.checkpoint or [None]:
+        ckpt = load_checkpoint(path) if path is not None else load_checkpoint()
+        scorer = Scorer(ckpt)
+        t0 = time.perf_counter()
+        history = prune_history(model_inputs(before), 300_000, scorer.history_windows)
+        kept = time.perf_counter() - t0
+        scorer.score(history, closed.slice(0, 256))  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            scorer.score(history, closed)
+            best = min(best, time.perf_counter() - t0)
+        print(
+            f"  {ckpt.version} ({len(ckpt.feature_names)} inputs): context kept {len(history):,} windows "
+            f"({history.nbytes / 2**20:,.0f} MiB; built in {kept:.2f} s); {len(closed) / best:>10,.0f} windows "
+            f"scored/s ({best:.2f} s for the boundary)"
+        )
 
 
 if __name__ == "__main__":

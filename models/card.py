@@ -10,7 +10,7 @@ from typing import Any
 from models.evaluate import BASELINES, REAL_BASELINES
 from models.lstm import Checkpoint
 from models.outcomes import SCORES
-from pipeline.model_contract import HEADS
+from pipeline.model_contract import HEADS, RECENT_HOURS, WINDOW_FEATURES
 
 
 def _ci(r: dict[str, Any], key: str) -> str:
@@ -51,7 +51,13 @@ def model_card(
         f"({d['windows_during_events_excluded']}) "
         "are left out of training and evaluation: scoring them would reward detection, not prediction.",
         f"Model: {ckpt.config.layers}-layer LSTM x {ckpt.config.hidden} hidden over {ckpt.config.window_count} "
-        f"windows of 5 min; horizon {ckpt.config.horizon_minutes} min; overall risk from the "
+        f"windows of 5 min, {len(ckpt.feature_names)} inputs each"
+        + (
+            f" (the window's own {len(WINDOW_FEATURES)} and the patient's last {RECENT_HOURS} h out of range)"
+            if len(ckpt.feature_names) > len(WINDOW_FEATURES)
+            else " (the window's own)"
+        )
+        + f"; horizon {ckpt.config.horizon_minutes} min; overall risk from the "
         f"{'condition heads, 1 - prod(1 - p)' if ckpt.any_source == 'conditions' else 'any-event head'} "
         f"(validation AUROC: head {m['validation_any_auroc'].get('head', float('nan')):.3f}, "
         f"from conditions {m['validation_any_auroc'].get('conditions', float('nan')):.3f}); isotonic calibration"

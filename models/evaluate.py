@@ -22,9 +22,12 @@ import torch
 
 from models.lstm import Checkpoint
 from models.scorer import FORECAST_VITALS, feature_matrix, sequences
-from pipeline.model_contract import CONDITIONS, HEADS, RiskLevels, sensor_configuration
+from pipeline.model_contract import CONDITIONS, HEADS, WINDOW_FEATURES, RiskLevels, sensor_configuration
 
 MINUTE_MS = 60_000
+# The logistic-regression baseline reads the last window's own inputs, whatever else the model reads (its
+# recent course): a baseline that does not move with the model's procedure.
+BASE = len(WINDOW_FEATURES)
 
 # The baselines of the model card, in its column order (their scores are defined below).
 BASELINES: dict[str, str] = {
@@ -454,7 +457,7 @@ def evaluate_one(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCon
     # the same overall risk without the isotonic maps, to show what calibration does
     cond = [HEADS.index(c) for c in CONDITIONS]
     raw_any = 1 - np.prod(1 - np.where(assessed, raw[:, cond], 0.0), axis=1)
-    last = test.x[:, -1, :]
+    last = test.x[:, -1, :BASE]
     scores: dict[str, np.ndarray] = {
         "news2_partial": news2_partial(test.targets),
         "cgm": cgm_level(test.targets),
@@ -468,7 +471,7 @@ def evaluate_one(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCon
         ok = ~np.isnan(p[:, i])
         y = test.y[ok, i]
         fit_rows = train_mask[:, i]
-        w = fit_logistic(train_split.x[fit_rows, -1, :], train_split.y[fit_rows, i])
+        w = fit_logistic(train_split.x[fit_rows, -1, :BASE], train_split.y[fit_rows, i])
         per = {"model": p[ok, i], **{k: v[ok] for k, v in scores.items()}, "logistic": predict_logistic(w, last[ok])}
         row: dict[str, Any] = {"positives": int(y.sum()), "windows": int(ok.sum())}
         for name, s in per.items():
@@ -734,8 +737,8 @@ def evaluate_real(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCo
         if not ok.any():
             continue
         fit_rows = train_mask[:, i]
-        w = fit_logistic(train_split.x[fit_rows, -1, :], train_split.y[fit_rows, i])
-        per = {"model": p[ok, i], "logistic": predict_logistic(w, test.x[ok, -1, :])}
+        w = fit_logistic(train_split.x[fit_rows, -1, :BASE], train_split.y[fit_rows, i])
+        per = {"model": p[ok, i], "logistic": predict_logistic(w, test.x[ok, -1, :BASE])}
         for name, sc in base.items():
             if not np.isnan(sc[ok, i]).all():
                 per[name] = np.nan_to_num(sc[ok, i], nan=-1e9)  # no reading: the lowest score

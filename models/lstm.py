@@ -108,7 +108,8 @@ def absent_inputs(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """[F] float32: what `models.scorer.feature_matrix` makes of a window in which no stream has a reading
     (values null -> 0; counts and presence 0, normalised: a count of 0 is not 0 then). How a stream the
     patient does not wear reads to the network (a test keeps this and `feature_matrix` in step)."""
-    raw = np.array([0.0 if n.endswith(("_count", "_present")) else np.nan for n in MODEL_FEATURES], np.float64)
+    names = MODEL_FEATURES[: len(center)]
+    raw = np.array([0.0 if n.endswith(("_count", "_present")) else np.nan for n in names], np.float64)
     return np.nan_to_num((raw - np.asarray(center)) / np.asarray(scale), nan=0.0).astype(np.float32)
 
 

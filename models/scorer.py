@@ -26,6 +26,9 @@ from pipeline.model_contract import (
     CONDITIONS,
     LOG_FEATURES,
     MODEL_FEATURES,
+    RECENT_FEATURES,
+    RECENT_HOURS,
+    RECENT_RANGES,
     RiskLevels,
     sensor_configuration,
 )
@@ -44,7 +47,9 @@ __all__ = [
     "assessment",
     "conform_history",
     "feature_matrix",
+    "history_windows",
     "prune_history",
+    "recent_shares",
     "sequences",
 ]
 # Per stream, the model input that counts its readings in a window (falls: detections are events, so a
@@ -67,16 +72,88 @@ def conform_history(history: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=HISTORY_SCHEMA)
 
 
-def model_inputs(windows: pa.Table) -> pa.Table:
-    """The columns the model reads, as floats: what the flow keeps per patient as scoring context."""
-    return windows.select(HISTORY_SCHEMA.names).cast(HISTORY_SCHEMA)
+def _floats(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.cast(t.column(name), pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+
+
+def recent_shares(context: pa.Table, targets: pa.Table, window_ms: int) -> dict[str, np.ndarray]:
+    """Per RECENT_FEATURES name, [N]: for each target window, the share of the same patient's windows in
+    `context` (which must contain the targets' own rows) starting in the last RECENT_HOURS up to the target
+    that hold the vital and left its range (model_contract.RECENT_RANGES); NaN where none holds the vital.
+    Prefix sums over the context sorted by (patient, window): no loop per patient or window."""
+    n = len(targets)
+    if n == 0:
+        return {name: np.zeros(0) for name in RECENT_FEATURES}
+    ids = pa.concat_arrays(
+        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
+    )
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    c_code, t_code = codes[: len(context)], codes[len(context) :]
+    c_idx = epoch_ms(context.column("window_start")) // window_ms
+    t_idx = epoch_ms(targets.column("window_start")) // window_ms
+    back = RECENT_HOURS * 3_600_000 // window_ms  # windows before the target that still count
+    base = int(min(c_idx.min(initial=0), t_idx.min(initial=0))) - back - 1
+    span = int(max(c_idx.max(initial=0), t_idx.max(initial=0))) - base + 1
+    order = np.argsort(c_code * span + (c_idx - base), kind="stable")
+    key = (c_code * span + (c_idx - base))[order]
+    hi = np.searchsorted(key, t_code * span + (t_idx - base), side="right")
+    lo = np.searchsorted(key, t_code * span + (t_idx - base - back), side="right")
+    out = {}
+    for stream, prefix in VITALS.items():
+        ranges = {name: r for name, r in RECENT_RANGES.items() if r[0] == stream}
+        if not ranges:
+            continue
+        last = _floats(context, f"{prefix}_last")
+        low = np.where(np.isnan(_floats(context, f"{prefix}_min")), last, _floats(context, f"{prefix}_min"))
+        high = np.where(np.isnan(_floats(context, f"{prefix}_max")), last, _floats(context, f"{prefix}_max"))
+        held = ~np.isnan(last)
+        sums = np.concatenate([[0], np.cumsum(held[order])])
+        holding = sums[hi] - sums[lo]
+        for name, (_, lo_ok, hi_ok) in ranges.items():
+            with np.errstate(invalid="ignore"):
+                left = held & ((low < lo_ok) | (high > hi_ok))
+            cum = np.concatenate([[0], np.cumsum(left[order])])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = np.where(holding > 0, (cum[hi] - cum[lo]) / holding, np.nan)
+    return out
+
+
+def _within(context: pa.Table, targets: pa.Table, window_ms: int, length: int) -> np.ndarray:
+    """[len(context)] bool: the context windows that can be in a target's sequence (within L windows before the
+    patient's earliest target). The kept context reaches back RECENT_HOURS for the recent course, which
+    `model_inputs` reads; the sequences need only the last L windows."""
+    ids = pa.concat_arrays(
+        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
+    )
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    c_code, t_code = codes[: len(context)], codes[len(context) :]
+    first = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, t_code, epoch_ms(targets.column("window_start")) // window_ms)
+    return epoch_ms(context.column("window_start")) // window_ms > first[c_code] - length
+
+
+def model_inputs(windows: pa.Table, history: pa.Table | None = None, window_ms: int = 300_000) -> pa.Table:
+    """The columns the model reads, as floats: the windows' own and their patients' recent course
+    (`recent_shares` over `history`, the earlier windows kept as context, and `windows`). What the flow keeps
+    per patient as scoring context."""
+    own = windows.select([c for c in HISTORY_SCHEMA.names if c not in RECENT_FEATURES])
+    own = own.cast(pa.schema([f for f in HISTORY_SCHEMA if f.name not in RECENT_FEATURES]))
+    context = (
+        own
+        if history is None or len(history) == 0
+        else pa.concat_tables([history.select(own.column_names).cast(own.schema), own])
+    )
+    for name, values in recent_shares(context, own, window_ms).items():
+        own = own.append_column(name, pa.array(values, pa.float64(), from_pandas=True))
+    return own.select(HISTORY_SCHEMA.names)
 
 
 def feature_matrix(windows: pa.Table, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """[N, F] float32: normalised features (counts as log1p); missing values (absent stream, min/max/slope of
-    a single reading) -> 0, which with the count and presence inputs the network can tell from a value."""
+    a single reading) -> 0, which with the count and presence inputs the network can tell from a value.
+    F = len(center): a checkpoint reads the first F of MODEL_FEATURES."""
     cols = []
-    for name in MODEL_FEATURES:
+    for name in MODEL_FEATURES[: len(center)]:
         col = windows.column(name)
         arr = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
         cols.append(np.log1p(np.maximum(arr, 0.0)) if name in LOG_FEATURES else arr)
@@ -163,6 +240,7 @@ class Scorer:
         self.batch_size = batch_size
         self.length = checkpoint.config.window_count
         self.window_ms = window_ms
+        self.history_windows = history_windows(checkpoint.config.n_features, self.length, window_ms)
         # PyTorch's intra-op threads for the network (None: PyTorch's default, one per core). Set in the
         # thread that runs the network: OpenMP keeps the setting per thread.
         self.threads = threads
@@ -195,10 +273,11 @@ class Scorer:
     def score(self, history: pa.Table, closed: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Score `closed` windows with context from `history`; returns (risk_scores, the context: history
         and the closed windows' model inputs, to be pruned with `prune_history` and kept)."""
-        context = pa.concat_tables([history.cast(HISTORY_SCHEMA), model_inputs(closed)])
-        ctx_x = feature_matrix(context, self.center, self.scale)
-        x, present = sequences(context, ctx_x, closed, self.window_ms, self.length)
-        assessed, readings = assessment(context, closed, self.window_ms, self.length)
+        history = history.cast(HISTORY_SCHEMA)
+        context = pa.concat_tables([history, model_inputs(closed, history, self.window_ms)])
+        near = context.filter(_within(context, closed, self.window_ms, self.length))
+        x, present = sequences(near, feature_matrix(near, self.center, self.scale), closed, self.window_ms, self.length)
+        assessed, readings = assessment(near, closed, self.window_ms, self.length)
         assessed &= (readings >= self.levels.min_context_readings)[:, None]  # too little history: nothing
         logits, forecast = self.network(x)
         keys = sensor_configuration(assessed, present, self.length)
@@ -259,8 +338,16 @@ def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
     return session
 
 
+def history_windows(n_features: int, length: int, window_ms: int) -> int:
+    """Windows of each patient to keep as scoring context (`prune_history`) for a network reading the first
+    `n_features` of MODEL_FEATURES over `length` windows: L, or RECENT_HOURS where it reads the recent course."""
+    recent = RECENT_HOURS * 3_600_000 // window_ms if n_features > MODEL_FEATURES.index(RECENT_FEATURES[0]) else 0
+    return max(length, int(recent))
+
+
 def prune_history(context: pa.Table, window_ms: int, length: int, watermark_ms: int | None = None) -> pa.Table:
-    """The windows that can still be context for a later score: per patient, within L-1 windows of the
+    """The windows that can still be context for a later score (`length`: `Scorer.history_windows`, at least
+    L): per patient, within length-1 windows of the
     patient's latest; and, once there is a watermark, starting after watermark - (L+1) windows (a patient who
     went quiet is forgotten instead of kept in the state for ever)."""
     context = context.select(HISTORY_SCHEMA.names)

@@ -34,7 +34,14 @@ from models.labels import window_labels
 from models.lstm import Checkpoint, LSTMConfig, RiskLSTM, absent_inputs, vital_pairs
 from models.scorer import assessment, feature_matrix, model_inputs, sequences
 from pipeline.features import window_features
-from pipeline.model_contract import CONDITIONS, HEADS, MODEL_FEATURES, RiskLevels, sensor_configuration
+from pipeline.model_contract import (
+    CONDITIONS,
+    HEADS,
+    MODEL_FEATURES,
+    WINDOW_FEATURES,
+    RiskLevels,
+    sensor_configuration,
+)
 from sim.simulate import PROFILES, SimulationConfig, detect_events, simulate
 
 # --- config -------------------------------------------------------------------------------------------------
@@ -70,6 +77,9 @@ class TrainConfig:
     # patient wore no other sensor: the glucose conditions, better on unseen real cohorts (docs/model.md,
     # "Judged from their own stream"); () judges every condition from every stream
     own_stream_heads: tuple[str, ...] = ("hypoglycaemia", "hyperglycaemia")
+    # MODEL_FEATURES' recent course (share of the last 6 hours' windows out of range per vital) beside the
+    # window's own inputs; False: the window's own only (WINDOW_FEATURES, checkpoints before 2026-11-26)
+    recent_history: bool = True
     real_weight: float = 5.0  # loss weight of a real cohort's window relative to a simulated one
     # "conditions": the overall risk combines the assessed conditions (what a sensor configuration needs);
     # "head" or "auto" (the better on validation AUROC) for the any-event head
@@ -144,6 +154,11 @@ def seen_real_patients(config: dict[str, Any], name: str, readings: pa.Table) ->
     return draw_patients(readings, count, np.random.default_rng(seed))
 
 
+def feature_names(cfg: TrainConfig) -> list[str]:
+    """The inputs a network trained with `cfg` reads per window (a prefix of MODEL_FEATURES)."""
+    return list(MODEL_FEATURES if cfg.recent_history else WINDOW_FEATURES)
+
+
 def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarray, dict[str, Any]]:
     rng = np.random.default_rng(cfg.seed)
     sim_source, sim, augmentation = simulated(cfg, rng)
@@ -174,12 +189,13 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
     source_of = {p: name for name, s in sources.items() for p in s.patients.tolist()}
     labels, ongoing = window_labels(windows, events, cfg.horizon_minutes)
     train_rows = windows.filter(pc.is_in(windows.column("patient_id"), pa.array(groups["train"])))
-    raw = feature_matrix(train_rows, np.zeros(len(MODEL_FEATURES)), np.ones(len(MODEL_FEATURES)))
+    names = feature_names(cfg)
+    raw = feature_matrix(model_inputs(train_rows, window_ms=cfg.window_ms), np.zeros(len(names)), np.ones(len(names)))
     center = np.median(raw, axis=0).astype(np.float64)
     q75, q25 = np.percentile(raw, [75, 25], axis=0)
     scale = np.where(q75 - q25 > 1e-6, q75 - q25, np.maximum(np.abs(raw).max(axis=0), 1.0)).astype(np.float64)
     # Presence flags stay 0/1, so that a gap in the context (all zeros) reads as "absent", not as typical.
-    for i, name in enumerate(MODEL_FEATURES):
+    for i, name in enumerate(names):
         if name.endswith("_present"):
             center[i], scale[i] = 0.0, 1.0
     splits = {}
@@ -187,7 +203,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
     for name, members in groups.items():
         mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(members)).to_numpy(zero_copy_only=False))
         rows = windows.filter(pa.array(mask))
-        ctx = model_inputs(rows)
+        ctx = model_inputs(rows, window_ms=cfg.window_ms)
         x, present = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
         assessed, readings = assessment(ctx, rows, cfg.window_ms, cfg.window_count)
         assessed &= (readings >= RiskLevels().min_context_readings)[:, None]
@@ -266,6 +282,7 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     )
     # model, optimiser and the loss
     mcfg = LSTMConfig(
+        n_features=len(feature_names(cfg)),
         hidden=cfg.hidden,
         layers=cfg.layers,
         window_count=cfg.window_count,
@@ -339,7 +356,7 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
     ckpt = Checkpoint(
         config=mcfg,
         state_dict=best_state,
-        feature_names=list(MODEL_FEATURES),
+        feature_names=feature_names(cfg),
         center=[float(v) for v in center],
         scale=[float(v) for v in scale],
         temperature=[1.0] * len(HEADS),

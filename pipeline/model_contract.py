@@ -1,6 +1,7 @@
 """What the risk model reads and answers, without the model: the one home of these facts.
 
-- `MODEL_FEATURES`: the columns of the `windows` dataset the network reads per window, in order;
+- `MODEL_FEATURES`: what the network reads per window, in order: the window's own columns of the `windows`
+  dataset (`WINDOW_FEATURES`), then the patient's recent course (`RECENT_FEATURES`);
 - `CONDITIONS` (and `HEADS`, the overall risk "any" first): what it assesses, one probability each;
 - `CONDITION_STREAMS`: the stream each condition needs; a condition whose stream has no reading in the
   patient's context is not assessed (null probability);
@@ -35,8 +36,8 @@ CONDITION_STREAMS: dict[str, str] = {
 # window) to hundreds (1 Hz monitors).
 LOG_FEATURES: tuple[str, ...] = tuple(f"{stream}_count" for stream in VITALS)
 
-# The model's inputs per window, in order (columns of the `windows` dataset).
-MODEL_FEATURES: list[str] = [
+# The window's own inputs, in order (columns of the `windows` dataset).
+WINDOW_FEATURES: list[str] = [
     *(f"{prefix}_{s}" for prefix in VITALS.values() for s in STATS),
     *(f"{stream}_present" for stream in VITALS),
     *LOG_FEATURES,  # with min/max/slope null for one reading, the count tells the model why
@@ -45,6 +46,26 @@ MODEL_FEATURES: list[str] = [
     "fall_confidence_max",
     "fall_present",
 ]
+# The patient's recent course, beyond the L windows of context: per window, the share of the patient's
+# windows of the last RECENT_HOURS (this one included) that hold the vital and left its normal range
+# [low, high] (the window's min or max; its one reading where it has one), or null where none holds it.
+# Hourly ICU charting leaves one or two readings in an hour of context; a patient who has hovered at a
+# threshold for hours differs from one who has just reached it. The ranges are the event thresholds
+# (glucose < 70 and > 250; NEWS2's red heart and respiration rate, 3 points, which are the cardiac and
+# respiratory event thresholds) and NEWS2's amber bands (1-2 points).
+RECENT_HOURS = 6
+RECENT_RANGES: dict[str, tuple[str, float, float]] = {
+    "glucose_low_share": ("glucose", 70.0, float("inf")),
+    "glucose_high_share": ("glucose", float("-inf"), 250.0),
+    "heart_rate_red_share": ("heart_rate", 41.0, 130.0),
+    "heart_rate_amber_share": ("heart_rate", 51.0, 90.0),
+    "respiration_red_share": ("respiration", 9.0, 24.0),
+    "respiration_amber_share": ("respiration", 12.0, 20.0),
+}
+RECENT_FEATURES: list[str] = list(RECENT_RANGES)
+# The model's inputs per window, in order: a checkpoint reads a prefix of them (older checkpoints and
+# `TrainConfig.recent_history` False: the window's own).
+MODEL_FEATURES: list[str] = [*WINDOW_FEATURES, *RECENT_FEATURES]
 
 
 @dataclass(frozen=True)
@@ -58,7 +79,7 @@ class ModelContract:
 
     def mismatch(self, window_ms: int) -> str | None:
         """Why this checkpoint cannot score the pipeline's windows of `window_ms`, or None when it can."""
-        if list(self.features) != MODEL_FEATURES:
+        if list(self.features) not in (MODEL_FEATURES, WINDOW_FEATURES):
             return "checkpoint was trained on a different feature set; retrain it (vitalstream train)"
         if tuple(self.conditions) != CONDITIONS:
             return f"checkpoint assesses {', '.join(self.conditions)}, not {', '.join(CONDITIONS)}; retrain it"

@@ -214,7 +214,7 @@ class Engine:
             windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
             scores, context = self.scorer.score(self.history, windows)
             self.history = prune_history(
-                context, self.cfg.window.window_ms, self.scorer.length, self.state.watermark_ms
+                context, self.cfg.window.window_ms, self.scorer.history_windows, self.state.watermark_ms
             ).cast(HISTORY_SCHEMA)
         else:
             scores = empty_scores(self.scorer)

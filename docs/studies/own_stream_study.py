@@ -4,8 +4,9 @@ side, one CPU thread each.
 
     PYTHONPATH=. python docs/studies/own_stream_study.py VARIANT SEED HOLDOUT [OUT_DIR]
 
-VARIANT `own` trains and judges the glucose conditions from their own stream alone (the default
-procedure), `full` from every stream (the procedure before), `vitals` the cardiac and respiratory conditions too.
+VARIANT `own` trains and judges the glucose conditions from their own stream alone (the procedure of
+`lstm-20261126-61239ebc`), `full` from every stream (the procedure before), `vitals` the cardiac and respiratory
+conditions too; `recent` is `own` with the patient's recent course as inputs (`TrainConfig.recent_history`).
 Prints, as JSON, the held-out cohort's AUROC per head, the best baseline per head, ECE, and for a cohort with a
 wrist heart rate (t1d_uom) the hypoglycaemia AUROC per sensor configuration with the same trained network's
 heart-rate inputs made absent (`models.lstm.absent_inputs`, how a stream the patient does not wear reads):
@@ -31,7 +32,13 @@ from pipeline.model_contract import HEADS, MODEL_FEATURES
 
 COHORTS = ("t1d_uom", "ddatshr", "mimic3_demo", "physionet_challenge2012")
 GLUCOSE = ("hypoglycaemia", "hyperglycaemia")
-VARIANTS = {"full": (), "own": GLUCOSE, "vitals": (*GLUCOSE, "cardiac", "respiratory")}
+# (own_stream_heads, recent_history)
+VARIANTS = {
+    "full": ((), False),
+    "own": (GLUCOSE, False),
+    "vitals": ((*GLUCOSE, "cardiac", "respiratory"), False),
+    "recent": (GLUCOSE, True),
+}
 
 
 def main(variant: str, seed: int, hold: str) -> dict:
@@ -40,7 +47,7 @@ def main(variant: str, seed: int, hold: str) -> dict:
     cfg = TrainConfig(
         patients=300, epochs=12, seed=seed, bootstrap=30, real_roots=(data,),
         real=tuple(c for c in COHORTS if c != hold), holdout=hold,
-        own_stream_heads=VARIANTS[variant],
+        own_stream_heads=VARIANTS[variant][0], recent_history=VARIANTS[variant][1],
     )  # fmt: skip
     ckpt, splits = train(cfg, lambda *a: None)
     m = ckpt.metrics["real"][hold]
@@ -55,7 +62,7 @@ def main(variant: str, seed: int, hold: str) -> dict:
     }
     test = splits["test"]
     sub = test.subset(np.flatnonzero(test.source == hold), 1.0)
-    hr = [i for i, f in enumerate(MODEL_FEATURES) if f.startswith("heart_rate")]
+    hr = [i for i, f in enumerate(MODEL_FEATURES[: sub.x.shape[2]]) if f.startswith("heart_rate")]
     hi = HEADS.index("hypoglycaemia")
     if sub.keys is not None and any("heart_rate" in k and "glucose" in k for k in sub.keys.tolist()):
         logits, _ = network_outputs(ckpt, sub.x)

@@ -173,7 +173,7 @@ def test_the_shipped_checkpoint_is_trained_small_on_simulated_and_real_patients(
 
     assert DEFAULT_CHECKPOINT.stat().st_size < 2 * 1024 * 1024
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
-    assert ckpt.version.startswith("lstm-") and ckpt.feature_names == list(MODEL_FEATURES)
+    assert ckpt.version.startswith("lstm-") and ckpt.contract().mismatch(300_000) is None
     m = ckpt.metrics
     assert m["test_windows"] > 5000 and m["promotion"]["promoted"]
     # evaluated on held-out patients of every vendored real cohort, per sensor configuration

@@ -13,9 +13,17 @@ import pytest
 from conftest import T0, canonical_readings
 
 from models.lstm import Checkpoint, load_checkpoint
-from models.scorer import HISTORY_SCHEMA, Scorer, feature_matrix, model_inputs, prune_history, sequences
+from models.scorer import (
+    HISTORY_SCHEMA,
+    Scorer,
+    feature_matrix,
+    history_windows,
+    model_inputs,
+    prune_history,
+    sequences,
+)
 from pipeline.features import window_features
-from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, RiskLevels, sensor_configuration
+from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, WINDOW_FEATURES, RiskLevels, sensor_configuration
 
 W = 300_000  # 5-minute windows, as the tiny checkpoint's contract says
 UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -258,3 +266,47 @@ def test_the_scorer_runs_the_network_on_the_threads_it_was_given_with_the_same_s
     finally:
         torch.set_num_threads(before)
     assert one.drop_columns(["scored_at"]).equals(default.drop_columns(["scored_at"]))
+
+
+# --- the patient's recent course: beyond the L windows of context -------------------------------------------
+
+
+def hourly(stream: str, values: list[float], patient: str = "P1") -> pa.Table:
+    """One reading per hour (charting), at the start of hour k for values[k]."""
+    return canonical_readings(stream, [60.0 * k for k in range(len(values))], values, patient)
+
+
+def test_recent_shares_are_the_last_six_hours_windows_out_of_range_among_those_that_hold_the_vital() -> None:
+    rr = [16.0, 26.0, 16.0, 16.0, 30.0, 22.0, 16.0, 16.0]  # hour 1: red; hour 4: red; hour 5: amber only
+    inputs = model_inputs(window_features(hourly("respiration", rr), W), window_ms=W)
+    red, amber = (inputs.column(f"respiration_{band}_share").to_pylist() for band in ("red", "amber"))
+    assert red[1] == pytest.approx(1 / 2) and amber[1] == pytest.approx(1 / 2)  # hours 0-1
+    # hour 7: windows starting after 1:00 (6 h back) count, hour 1 no longer: hours 2-7, one red of six
+    assert red[7] == pytest.approx(1 / 6) and amber[7] == pytest.approx(2 / 6)
+    assert inputs.column("heart_rate_red_share").null_count == len(rr)  # no heart rate: not a share of 0
+    assert inputs.column("glucose_low_share").null_count == len(rr)
+
+
+def test_recent_shares_read_a_windows_range_and_a_single_readings_value() -> None:
+    # window 0: 1 Hz-like readings touching 135 (its max); window 1: one averaged value of 45 (no min/max)
+    hr = canonical_readings("heart_rate", [0.0, 0.5, 1.0, 5.0], [80.0, 135.0, 82.0, 45.0])
+    shares = model_inputs(window_features(hr, W), window_ms=W)
+    assert shares.column("heart_rate_red_share").to_pylist() == [1.0, 0.5]
+    assert shares.column("heart_rate_amber_share").to_pylist() == [1.0, 1.0]  # 45 is below 51
+
+
+def test_the_recent_course_from_kept_history_equals_the_one_from_the_whole_record() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(18, 5, 30).round().tolist()
+    windows = window_features(hourly("respiration", values), W)
+    whole = model_inputs(windows, window_ms=W)
+    early, late = windows.slice(0, 20), windows.slice(20)
+    streamed = model_inputs(late, model_inputs(early, window_ms=W), window_ms=W)
+    for name in ("respiration_red_share", "respiration_amber_share"):
+        assert streamed.column(name).to_pylist() == whole.column(name).slice(20).to_pylist()
+
+
+def test_the_scorer_keeps_six_hours_of_context_for_a_checkpoint_that_reads_the_recent_course(tiny: Checkpoint) -> None:
+    assert tiny.feature_names == MODEL_FEATURES and Scorer(tiny).history_windows == 6 * 12
+    assert history_windows(len(WINDOW_FEATURES), 12, W) == 12  # the window's own inputs: L is enough
+    assert history_windows(len(MODEL_FEATURES), 12, 60 * 60_000) == 12  # hourly windows: L covers 6 h
