@@ -8,9 +8,9 @@
    per engine and repeat; prints the best rate per engine and the largest difference between the engines'
    risk scores.
 2. One window boundary, as a live run meets it: the same patients simulated for --boundary-hours; each
-   patient's last window is scored with the context the engine keeps of the windows before it
-   (`prune_history` with `Scorer.history_windows`), per checkpoint given (default: the shipped one), so a
-   checkpoint that reads the recent course (6 hours of context) is timed beside one that does not.
+   patient's last window is scored with the context the engine keeps of the windows before it (`prune_history`:
+   the last L windows, and 6 hours of recent course for a checkpoint that reads it), per checkpoint given
+   (default: the shipped one), so a checkpoint that reads the recent course is timed beside one that does not.
 A benchmark, not a test: nothing here asserts.
 """
 
@@ -75,7 +75,7 @@ def boundary(args: argparse.Namespace) -> None:
     import pyarrow.compute as pc
 
     from models.lstm import load_checkpoint
-    from models.scorer import Scorer, model_inputs, prune_history
+    from models.scorer import COURSE_SCHEMA, Scorer, course_rows, model_inputs, prune_history
     from pipeline.features import window_features
     from sim.simulate import SimulationConfig, simulate
 
@@ -92,18 +92,19 @@ def boundary(args: argparse.Namespace) -> None:
         ckpt = load_checkpoint(path) if path is not None else load_checkpoint()
         scorer = Scorer(ckpt)
         t0 = time.perf_counter()
-        history = prune_history(model_inputs(before), 300_000, scorer.history_windows)
+        history = prune_history(model_inputs(before), 300_000, scorer.length)
+        course = prune_history(course_rows(before), 300_000, scorer.course_windows, schema=COURSE_SCHEMA)
         kept = time.perf_counter() - t0
-        scorer.score(history, closed.slice(0, 256))  # warm-up
+        scorer.score(history, closed.slice(0, 256), course)  # warm-up
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            scorer.score(history, closed)
+            scorer.score(history, closed, course)
             best = min(best, time.perf_counter() - t0)
         print(
-            f"  {ckpt.version} ({len(ckpt.feature_names)} inputs): context kept {len(history):,} windows "
-            f"({history.nbytes / 2**20:,.0f} MiB; built in {kept:.2f} s); {len(closed) / best:>10,.0f} windows "
-            f"scored/s ({best:.2f} s for the boundary)"
+            f"  {ckpt.version} ({len(ckpt.feature_names)} inputs): context kept {len(history):,} windows and "
+            f"{len(course):,} of course ({(history.nbytes + course.nbytes) / 2**20:,.1f} MiB; built in "
+            f"{kept:.2f} s); {len(closed) / best:>10,.0f} windows scored/s ({best:.2f} s for the boundary)"
         )
 
 

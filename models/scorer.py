@@ -41,13 +41,15 @@ ENGINES: tuple[str, ...] = ("torch", "onnx")  # PyTorch in the cloud; onnxruntim
 # The vitals the network forecasts, in the order of its forecast outputs (models.lstm's forecast_pairs).
 FORECAST_VITALS: dict[str, str] = dict(VITALS)
 __all__ = [
+    "COURSE_SCHEMA",
     "ENGINES",
     "HISTORY_SCHEMA",
     "Scorer",
     "assessment",
     "conform_history",
+    "course_rows",
+    "course_windows",
     "feature_matrix",
-    "history_windows",
     "prune_history",
     "recent_shares",
     "sequences",
@@ -63,6 +65,37 @@ HISTORY_SCHEMA = pa.schema(
 )
 
 
+# The patient's recent course as kept between batches: per window, bits saying which vitals it holds and
+# which of RECENT_RANGES they left (`course_rows`); 6 hours of it, a few bytes per window, where the full
+# model inputs are kept for the last L windows only (HISTORY_SCHEMA).
+COURSE_SCHEMA = pa.schema(
+    [("patient_id", pa.string()), ("window_start", pa.timestamp("ms", tz="UTC")), ("recent_course", pa.int16())]
+)
+_COURSE_STREAMS = list(dict.fromkeys(stream for stream, _, _ in RECENT_RANGES.values()))
+_HELD_BIT = {stream: i for i, stream in enumerate(_COURSE_STREAMS)}
+_LEFT_BIT = {name: len(_COURSE_STREAMS) + j for j, name in enumerate(RECENT_FEATURES)}
+
+
+def course_rows(windows: pa.Table) -> pa.Table:
+    """COURSE_SCHEMA rows of windows (or model-input rows): which vitals each holds and which ranges they left
+    (the window's min or max; its one reading where it has one)."""
+    bits = np.zeros(len(windows), np.int16)
+    for stream in _COURSE_STREAMS:
+        prefix = VITALS[stream]
+        last = _floats(windows, f"{prefix}_last")
+        low = np.where(np.isnan(_floats(windows, f"{prefix}_min")), last, _floats(windows, f"{prefix}_min"))
+        high = np.where(np.isnan(_floats(windows, f"{prefix}_max")), last, _floats(windows, f"{prefix}_max"))
+        held = ~np.isnan(last)
+        bits |= held.astype(np.int16) << _HELD_BIT[stream]
+        for name, (_, lo_ok, hi_ok) in RECENT_RANGES.items():
+            if RECENT_RANGES[name][0] == stream:
+                with np.errstate(invalid="ignore"):
+                    left = held & ((low < lo_ok) | (high > hi_ok))
+                bits |= left.astype(np.int16) << _LEFT_BIT[name]
+    cols = [windows.column("patient_id"), windows.column("window_start"), pa.array(bits, pa.int16())]
+    return pa.Table.from_arrays(cols, schema=COURSE_SCHEMA)
+
+
 def conform_history(history: pa.Table) -> pa.Table:
     """A scoring context saved by an earlier version, as HISTORY_SCHEMA: inputs it lacks are missing (null)
     for the hour it covers, inputs the model no longer reads are dropped."""
@@ -76,20 +109,20 @@ def _floats(t: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(t.column(name), pa.float64()).to_numpy(zero_copy_only=False), np.float64)
 
 
-def recent_shares(context: pa.Table, targets: pa.Table, window_ms: int) -> dict[str, np.ndarray]:
+def recent_shares(course: pa.Table, targets: pa.Table, window_ms: int) -> dict[str, np.ndarray]:
     """Per RECENT_FEATURES name, [N]: for each target window, the share of the same patient's windows in
-    `context` (which must contain the targets' own rows) starting in the last RECENT_HOURS up to the target
+    `course` (COURSE_SCHEMA, holding the targets' own rows) starting in the last RECENT_HOURS up to the target
     that hold the vital and left its range (model_contract.RECENT_RANGES); NaN where none holds the vital.
-    Prefix sums over the context sorted by (patient, window): no loop per patient or window."""
+    Prefix sums over the course sorted by (patient, window): no loop per patient or window."""
     n = len(targets)
     if n == 0:
         return {name: np.zeros(0) for name in RECENT_FEATURES}
     ids = pa.concat_arrays(
-        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
+        [course.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
     )
     codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    c_code, t_code = codes[: len(context)], codes[len(context) :]
-    c_idx = epoch_ms(context.column("window_start")) // window_ms
+    c_code, t_code = codes[: len(course)], codes[len(course) :]
+    c_idx = epoch_ms(course.column("window_start")) // window_ms
     t_idx = epoch_ms(targets.column("window_start")) // window_ms
     back = RECENT_HOURS * 3_600_000 // window_ms  # windows before the target that still count
     base = int(min(c_idx.min(initial=0), t_idx.min(initial=0))) - back - 1
@@ -98,51 +131,28 @@ def recent_shares(context: pa.Table, targets: pa.Table, window_ms: int) -> dict[
     key = (c_code * span + (c_idx - base))[order]
     hi = np.searchsorted(key, t_code * span + (t_idx - base), side="right")
     lo = np.searchsorted(key, t_code * span + (t_idx - base - back), side="right")
+    bits = np.asarray(course.column("recent_course").to_numpy(zero_copy_only=False), np.int64)[order]
+
+    def window_sums(bit: int) -> np.ndarray:
+        cum = np.concatenate([[0], np.cumsum((bits >> bit) & 1)])
+        return cum[hi] - cum[lo]
+
     out = {}
-    for stream, prefix in VITALS.items():
-        ranges = {name: r for name, r in RECENT_RANGES.items() if r[0] == stream}
-        if not ranges:
-            continue
-        last = _floats(context, f"{prefix}_last")
-        low = np.where(np.isnan(_floats(context, f"{prefix}_min")), last, _floats(context, f"{prefix}_min"))
-        high = np.where(np.isnan(_floats(context, f"{prefix}_max")), last, _floats(context, f"{prefix}_max"))
-        held = ~np.isnan(last)
-        sums = np.concatenate([[0], np.cumsum(held[order])])
-        holding = sums[hi] - sums[lo]
-        for name, (_, lo_ok, hi_ok) in ranges.items():
-            with np.errstate(invalid="ignore"):
-                left = held & ((low < lo_ok) | (high > hi_ok))
-            cum = np.concatenate([[0], np.cumsum(left[order])])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[name] = np.where(holding > 0, (cum[hi] - cum[lo]) / holding, np.nan)
+    held = {stream: window_sums(bit) for stream, bit in _HELD_BIT.items()}
+    for name, (stream, _, _) in RECENT_RANGES.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = np.where(held[stream] > 0, window_sums(_LEFT_BIT[name]) / held[stream], np.nan)
     return out
 
 
-def _within(context: pa.Table, targets: pa.Table, window_ms: int, length: int) -> np.ndarray:
-    """[len(context)] bool: the context windows that can be in a target's sequence (within L windows before the
-    patient's earliest target). The kept context reaches back RECENT_HOURS for the recent course, which
-    `model_inputs` reads; the sequences need only the last L windows."""
-    ids = pa.concat_arrays(
-        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    c_code, t_code = codes[: len(context)], codes[len(context) :]
-    first = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).max)
-    np.minimum.at(first, t_code, epoch_ms(targets.column("window_start")) // window_ms)
-    return epoch_ms(context.column("window_start")) // window_ms > first[c_code] - length
-
-
-def model_inputs(windows: pa.Table, history: pa.Table | None = None, window_ms: int = 300_000) -> pa.Table:
-    """The columns the model reads, as floats: the windows' own and their patients' recent course
-    (`recent_shares` over `history`, the earlier windows kept as context, and `windows`). What the flow keeps
-    per patient as scoring context."""
+def model_inputs(windows: pa.Table, course: pa.Table | None = None, window_ms: int = 300_000) -> pa.Table:
+    """The columns the model reads, as floats (HISTORY_SCHEMA): the windows' own, and their patients' recent
+    course (`recent_shares`) over `course` (COURSE_SCHEMA rows of the earlier windows, as a live run keeps
+    them) and the windows themselves. What the flow keeps per patient as scoring context."""
     own = windows.select([c for c in HISTORY_SCHEMA.names if c not in RECENT_FEATURES])
     own = own.cast(pa.schema([f for f in HISTORY_SCHEMA if f.name not in RECENT_FEATURES]))
-    context = (
-        own
-        if history is None or len(history) == 0
-        else pa.concat_tables([history.select(own.column_names).cast(own.schema), own])
-    )
+    mine = course_rows(own)
+    context = mine if course is None or len(course) == 0 else pa.concat_tables([course.cast(COURSE_SCHEMA), mine])
     for name, values in recent_shares(context, own, window_ms).items():
         own = own.append_column(name, pa.array(values, pa.float64(), from_pandas=True))
     return own.select(HISTORY_SCHEMA.names)
@@ -240,7 +250,8 @@ class Scorer:
         self.batch_size = batch_size
         self.length = checkpoint.config.window_count
         self.window_ms = window_ms
-        self.history_windows = history_windows(checkpoint.config.n_features, self.length, window_ms)
+        # windows of recent course to keep per patient (0: the checkpoint does not read it)
+        self.course_windows = course_windows(checkpoint.config.n_features, window_ms)
         # PyTorch's intra-op threads for the network (None: PyTorch's default, one per core). Set in the
         # thread that runs the network: OpenMP keeps the setting per thread.
         self.threads = threads
@@ -270,14 +281,16 @@ class Scorer:
         """[N, L, F] -> calibrated probabilities [N, heads]."""
         return self.checkpoint.probabilities(self.network(x)[0])
 
-    def score(self, history: pa.Table, closed: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Score `closed` windows with context from `history`; returns (risk_scores, the context: history
-        and the closed windows' model inputs, to be pruned with `prune_history` and kept)."""
+    def score(self, history: pa.Table, closed: pa.Table, course: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
+        """Score `closed` windows with context from `history` (HISTORY_SCHEMA: the patients' earlier windows)
+        and `course` (COURSE_SCHEMA: their recent course, for a checkpoint that reads it; none: the closed
+        windows' own); returns (risk_scores, the context: history and the closed windows' model inputs, to be
+        pruned with `prune_history` and kept)."""
         history = history.cast(HISTORY_SCHEMA)
-        context = pa.concat_tables([history, model_inputs(closed, history, self.window_ms)])
-        near = context.filter(_within(context, closed, self.window_ms, self.length))
-        x, present = sequences(near, feature_matrix(near, self.center, self.scale), closed, self.window_ms, self.length)
-        assessed, readings = assessment(near, closed, self.window_ms, self.length)
+        context = pa.concat_tables([history, model_inputs(closed, course, self.window_ms)])
+        ctx_x = feature_matrix(context, self.center, self.scale)
+        x, present = sequences(context, ctx_x, closed, self.window_ms, self.length)
+        assessed, readings = assessment(context, closed, self.window_ms, self.length)
         assessed &= (readings >= self.levels.min_context_readings)[:, None]  # too little history: nothing
         logits, forecast = self.network(x)
         keys = sensor_configuration(assessed, present, self.length)
@@ -338,19 +351,20 @@ def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
     return session
 
 
-def history_windows(n_features: int, length: int, window_ms: int) -> int:
-    """Windows of each patient to keep as scoring context (`prune_history`) for a network reading the first
-    `n_features` of MODEL_FEATURES over `length` windows: L, or RECENT_HOURS where it reads the recent course."""
-    recent = RECENT_HOURS * 3_600_000 // window_ms if n_features > MODEL_FEATURES.index(RECENT_FEATURES[0]) else 0
-    return max(length, int(recent))
+def course_windows(n_features: int, window_ms: int) -> int:
+    """Windows of recent course (COURSE_SCHEMA) to keep per patient for a network reading the first
+    `n_features` of MODEL_FEATURES: RECENT_HOURS where it reads the recent course, else none."""
+    return RECENT_HOURS * 3_600_000 // window_ms if n_features > MODEL_FEATURES.index(RECENT_FEATURES[0]) else 0
 
 
-def prune_history(context: pa.Table, window_ms: int, length: int, watermark_ms: int | None = None) -> pa.Table:
-    """The windows that can still be context for a later score (`length`: `Scorer.history_windows`, at least
-    L): per patient, within length-1 windows of the
+def prune_history(
+    context: pa.Table, window_ms: int, length: int, watermark_ms: int | None = None, schema: pa.Schema = HISTORY_SCHEMA
+) -> pa.Table:
+    """The windows that can still be context for a later score (HISTORY_SCHEMA, `length` L; or the recent
+    course, COURSE_SCHEMA and `Scorer.course_windows`): per patient, within length-1 windows of the
     patient's latest; and, once there is a watermark, starting after watermark - (L+1) windows (a patient who
     went quiet is forgotten instead of kept in the state for ever)."""
-    context = context.select(HISTORY_SCHEMA.names)
+    context = context.select(schema.names)
     if len(context) == 0:
         return context
     start = epoch_ms(context.column("window_start"))

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from models.scorer import HISTORY_SCHEMA, conform_history
+from models.scorer import COURSE_SCHEMA, HISTORY_SCHEMA, conform_history
 from pipeline.alerts import AlertState
 from pipeline.errors import LakeNotWritable
 from pipeline.features import PARTIAL_SCHEMA
@@ -62,6 +62,8 @@ class FileCheckpoints:
             seq=int(meta.get("seq", 0)),
             totals=Totals.from_dict(meta["totals"]),
             alerts=AlertState.from_tables(tables),  # a checkpoint from before alerting: none open
+            # from before the recent course: none kept (the next 6 hours read a shorter course)
+            course=tables.get("course", COURSE_SCHEMA.empty_table()).cast(COURSE_SCHEMA),
         )
 
     def save(self, state: EngineState) -> None:
@@ -78,6 +80,7 @@ class FileCheckpoints:
         tables: dict[str, pa.Table] = {
             "open": state.window.open,
             "history": state.history,
+            "course": state.course,
             **dedupe,
             **state.alerts.to_tables(),
         }

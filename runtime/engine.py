@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.scorer import HISTORY_SCHEMA, Scorer, prune_history
+from models.scorer import COURSE_SCHEMA, HISTORY_SCHEMA, Scorer, course_rows, prune_history
 from pipeline.alert_policy import AlertPolicy, default_policy
 from pipeline.alerts import ACK_SCHEMA, ACK_STREAM, ALERT_SCHEMA, AlertState, apply_acks
 from pipeline.alerts import evaluate as evaluate_alerts
@@ -100,6 +100,8 @@ class EngineState:
     seq: int = 0  # batches processed so far in this group: names the batch's files
     totals: Totals = field(default_factory=Totals)  # since the group's first run
     alerts: AlertState = field(default_factory=AlertState)  # open alerts and what raises the next ones
+    # the patients' recent course (6 hours of a few bits per window) for a model that reads it
+    course: pa.Table = field(default_factory=lambda: empty_table(COURSE_SCHEMA))
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Engine:
         saved = restored or EngineState()
         self.state = saved.window
         self.history = saved.history
+        self.course = saved.course
         self.offsets = dict(saved.offsets)
         self.seq = saved.seq
         self.totals = saved.totals
@@ -153,7 +156,9 @@ class Engine:
 
     def snapshot(self) -> EngineState:
         """The state after the last processed batch, for the checkpoint (shares the tables; not a copy)."""
-        return EngineState(self.state, self.history, dict(self.offsets), self.seq, self.totals, self.alerts)
+        return EngineState(
+            self.state, self.history, dict(self.offsets), self.seq, self.totals, self.alerts, self.course
+        )
 
     def process(self, batches: list[RawBatch], drain: bool = False, lagging: Collection[str] = ()) -> BatchOutput:
         """One micro-batch. `lagging`: sources ("topic:partition") with unread messages left in Kafka;
@@ -212,10 +217,12 @@ class Engine:
             routing = route(windows, "windows")
             self.quality.add("windows", windows, routing.failed)
             windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
-            scores, context = self.scorer.score(self.history, windows)
-            self.history = prune_history(
-                context, self.cfg.window.window_ms, self.scorer.history_windows, self.state.watermark_ms
-            ).cast(HISTORY_SCHEMA)
+            scores, context = self.scorer.score(self.history, windows, self.course)
+            window_ms, watermark = self.cfg.window.window_ms, self.state.watermark_ms
+            self.history = prune_history(context, window_ms, self.scorer.length, watermark).cast(HISTORY_SCHEMA)
+            if self.scorer.course_windows:
+                course = pa.concat_tables([self.course, course_rows(windows)])
+                self.course = prune_history(course, window_ms, self.scorer.course_windows, watermark, COURSE_SCHEMA)
         else:
             scores = empty_scores(self.scorer)
             windows = windows.append_column("dq_failure", pa.array([], pa.string()))

@@ -14,16 +14,25 @@ from conftest import T0, canonical_readings
 
 from models.lstm import Checkpoint, load_checkpoint
 from models.scorer import (
+    COURSE_SCHEMA,
     HISTORY_SCHEMA,
     Scorer,
+    course_rows,
+    course_windows,
     feature_matrix,
-    history_windows,
     model_inputs,
     prune_history,
     sequences,
 )
 from pipeline.features import window_features
-from pipeline.model_contract import CONDITIONS, MODEL_FEATURES, WINDOW_FEATURES, RiskLevels, sensor_configuration
+from pipeline.model_contract import (
+    CONDITIONS,
+    MODEL_FEATURES,
+    RECENT_FEATURES,
+    WINDOW_FEATURES,
+    RiskLevels,
+    sensor_configuration,
+)
 
 W = 300_000  # 5-minute windows, as the tiny checkpoint's contract says
 UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -295,18 +304,25 @@ def test_recent_shares_read_a_windows_range_and_a_single_readings_value() -> Non
     assert shares.column("heart_rate_amber_share").to_pylist() == [1.0, 1.0]  # 45 is below 51
 
 
-def test_the_recent_course_from_kept_history_equals_the_one_from_the_whole_record() -> None:
+def test_the_recent_course_kept_between_batches_gives_what_the_whole_record_gives(tiny: Checkpoint) -> None:
     rng = np.random.default_rng(3)
-    values = rng.normal(18, 5, 30).round().tolist()
-    windows = window_features(hourly("respiration", values), W)
+    rr = rng.normal(18, 5, 30).round().tolist()
+    readings = pa.concat_tables([hourly("respiration", rr), hourly("heart_rate", (rng.normal(100, 25, 30)).tolist())])
+    windows = window_features(readings, W)
     whole = model_inputs(windows, window_ms=W)
-    early, late = windows.slice(0, 20), windows.slice(20)
-    streamed = model_inputs(late, model_inputs(early, window_ms=W), window_ms=W)
-    for name in ("respiration_red_share", "respiration_amber_share"):
-        assert streamed.column(name).to_pylist() == whole.column(name).slice(20).to_pylist()
+    early, late = windows.slice(0, 40), windows.slice(40)
+    kept = prune_history(course_rows(early), W, course_windows(len(MODEL_FEATURES), W), schema=COURSE_SCHEMA)
+    assert len(kept) < len(early) and kept.schema == COURSE_SCHEMA  # 6 hours of a few bits per window
+    streamed = model_inputs(late, kept, window_ms=W)
+    for name in RECENT_FEATURES:
+        assert streamed.column(name).to_pylist() == whole.column(name).slice(40).to_pylist()
+    # the scorer reads the kept course as the engine hands it over
+    _, context = Scorer(tiny).score(model_inputs(early, window_ms=W), late, kept)
+    got = context.slice(len(early)).column("respiration_red_share")
+    assert got.to_pylist() == whole.column("respiration_red_share").slice(40).to_pylist()
 
 
-def test_the_scorer_keeps_six_hours_of_context_for_a_checkpoint_that_reads_the_recent_course(tiny: Checkpoint) -> None:
-    assert tiny.feature_names == MODEL_FEATURES and Scorer(tiny).history_windows == 6 * 12
-    assert history_windows(len(WINDOW_FEATURES), 12, W) == 12  # the window's own inputs: L is enough
-    assert history_windows(len(MODEL_FEATURES), 12, 60 * 60_000) == 12  # hourly windows: L covers 6 h
+def test_the_recent_course_is_kept_only_for_a_checkpoint_that_reads_it(tiny: Checkpoint) -> None:
+    assert tiny.feature_names == MODEL_FEATURES and Scorer(tiny).course_windows == 6 * 12
+    assert course_windows(len(WINDOW_FEATURES), W) == 0  # the window's own inputs: no course
+    assert course_windows(len(MODEL_FEATURES), 60 * 60_000) == 6  # hourly windows

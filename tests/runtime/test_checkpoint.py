@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 from conftest import T0, LakeEngine
 
+from models.scorer import COURSE_SCHEMA
 from pipeline.batch import RawBatch
 from pipeline.errors import LakeNotWritable
 from pipeline.sink import FILE_MODE
@@ -81,6 +82,7 @@ def assert_same_state(loaded: EngineState, saved: EngineState) -> None:
     for w, keys in saved.window.dedupe.by_window.items():
         np.testing.assert_array_equal(loaded.window.dedupe.by_window[w], keys)
     assert loaded.history.equals(saved.history)
+    assert loaded.course.equals(saved.course)
     assert loaded.offsets == saved.offsets
     assert loaded.seq == saved.seq
     assert loaded.totals.as_dict() == saved.totals.as_dict()
@@ -98,6 +100,7 @@ def test_save_then_load_round_trips_the_engine_state(tmp_path: Path, tiny_checkp
     assert saved.window.source_high_ms.keys() == {"vitals.heart_rate:0", "vitals.glucose:1"}
     assert saved.window.dedupe is not None and saved.window.dedupe.by_window and len(saved.window.dedupe.series) == 2
     assert len(saved.history) > 0 and saved.seq == 3
+    assert len(saved.course) >= len(saved.history)  # the tiny checkpoint reads the recent course: 6 h of it
     assert saved.offsets == {"vitals.heart_rate:0": 33, "vitals.glucose:1": 10}
     assert saved.totals.duplicates == 1 and saved.totals.quarantined == {"invalid_json": 1}
     assert saved.totals.windows > 0
@@ -124,6 +127,11 @@ def test_a_checkpoint_from_an_older_model_contract_loads_and_scores(tmp_path: Pa
     assert loaded is not None and loaded.history.schema == saved.history.schema
     dropped = set(saved.history.column_names) - set(older.column_names)
     assert all(loaded.history.column(c).null_count == len(older) for c in dropped)
+    # a state from before the recent course was kept: none (the next hours read a shorter course)
+    gen = (tmp_path / "_state" / "g" / "CURRENT").read_text().strip()
+    (tmp_path / "_state" / "g" / gen / "course.arrow").unlink()
+    loaded = FileCheckpoints(tmp_path, "g", WindowConfig()).load()
+    assert loaded is not None and len(loaded.course) == 0 and loaded.course.schema == COURSE_SCHEMA
     resumed = LakeEngine(tmp_path, tiny_checkpoint)
     topics = Topics()
     topics.next["heart_rate", 0] = saved.offsets["vitals.heart_rate:0"]

@@ -178,6 +178,7 @@ class MemoryCheckpoints:
             state.seq,
             state.totals.__class__.from_dict(state.totals.as_dict()),
             AlertState.from_tables(state.alerts.to_tables()),
+            state.course,
         )
 
 
