@@ -19,7 +19,7 @@ from prefect.exceptions import MissingContextError
 from models.card import model_card
 from models.figures import pictures
 from models.lstm import DEFAULT_CHECKPOINT
-from models.promotion import PROCEDURE_SEEDS, decide
+from models.promotion import PROCEDURE_SEEDS, decide, procedure_fields
 from models.train import TrainConfig, train
 
 
@@ -49,6 +49,12 @@ def training_flow(
         logger: Any = get_run_logger()
     except MissingContextError:  # called as training_flow.fn(...), outside a flow run (tests)
         logger = logging.getLogger(__name__)
+    unknown = sorted(set(procedure or {}) - set(procedure_fields()))
+    if unknown:
+        raise ValueError(
+            f"procedure: {', '.join(unknown)} not a training-procedure field; it takes "
+            f"{', '.join(procedure_fields())} (what the model trains on is set by the flow's own parameters)"
+        )
     cfg = TrainConfig(
         patients=patients,
         hours=hours,

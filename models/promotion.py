@@ -135,16 +135,19 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+def procedure_fields() -> list[str]:
+    """The `TrainConfig` fields that say how the model learns (every field outside DATA_FIELDS)."""
+    return [f.name for f in fields(TrainConfig) if f.name not in DATA_FIELDS]
+
+
 def procedure_changes(new: dict[str, Any], old: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The procedure fields (`TrainConfig` outside DATA_FIELDS) in which two recorded training configs differ:
     {field: (old, new)}. A field the old config lacks reads as BEFORE_RECORDED, else as unknown (changed)."""
     out = {}
-    for f in fields(TrainConfig):
-        if f.name in DATA_FIELDS:
-            continue
-        was = old.get(f.name, BEFORE_RECORDED.get(f.name, "<not recorded>"))
-        if _plain(was) != _plain(new.get(f.name)):
-            out[f.name] = (_plain(was), _plain(new.get(f.name)))
+    for name in procedure_fields():
+        was = old.get(name, BEFORE_RECORDED.get(name, "<not recorded>"))
+        if _plain(was) != _plain(new.get(name)):
+            out[name] = (_plain(was), _plain(new.get(name)))
     return out
 
 

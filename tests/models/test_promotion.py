@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from models.lstm import load_checkpoint
 from models.promotion import PROMOTION_TOLERANCE, active_procedure, procedure_changes, procedure_verdict
@@ -121,3 +122,12 @@ def test_the_flow_judges_a_changed_procedure_leave_one_dataset_out(tmp_path: Pat
     assert "| wearables | 0 |" in card
     if not result["promoted"]:
         assert load_checkpoint(out).version == shipped
+
+
+def test_the_flow_refuses_a_procedure_that_sets_what_it_trains_on(tmp_path: Path) -> None:
+    from flows.training import training_flow
+
+    for wrong in ({"seed": 3}, {"hiden": 16}):
+        with pytest.raises(ValueError, match=f"procedure: {next(iter(wrong))} not a training-procedure field"):
+            training_flow.fn(out=tmp_path / "risk.pt", procedure=wrong)
+    assert not (tmp_path / "risk.pt").exists()  # refused before training
