@@ -24,7 +24,8 @@ def connect(lake: Path) -> Any:
 
 
 def latest_risk(lake: Path, limit: int = 10, recent_dates: int = 2) -> list[dict[str, Any]]:
-    """Each patient's latest window score with the per-condition probabilities, highest first; only the
+    """Each patient's latest window score with the per-condition probabilities, highest first (patients whose
+    latest window is `insufficient_data` are left out: they have no score to rank); only the
     newest `recent_dates` date partitions are read, so the cost does not grow with the lake's history
     (every scoring run publishes this)."""
     dates = sorted(p.name.removeprefix("date=") for p in (lake / "risk_scores").glob("date=*"))[-recent_dates:]
@@ -36,12 +37,14 @@ def latest_risk(lake: Path, limit: int = 10, recent_dates: int = 2) -> list[dict
     try:
         rel = con.execute(
             """
-            SELECT patient_id, strftime(window_end, '%Y-%m-%d %H:%M') AS window_end_utc, round(risk_score, 3)
-                AS risk_score, risk_level, round(p_hypoglycaemia, 3) AS p_hypoglycaemia,
-                round(p_hyperglycaemia, 3) AS p_hyperglycaemia, round(p_cardiac, 3) AS p_cardiac,
-                round(p_respiratory, 3) AS p_respiratory, round(p_fall, 3) AS p_fall, context_windows
-            FROM risk_scores WHERE date >= CAST(? AS DATE)
-            QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
+            SELECT * FROM (
+                SELECT patient_id, strftime(window_end, '%Y-%m-%d %H:%M') AS window_end_utc, round(risk_score, 3)
+                    AS risk_score, risk_level, round(p_hypoglycaemia, 3) AS p_hypoglycaemia,
+                    round(p_hyperglycaemia, 3) AS p_hyperglycaemia, round(p_cardiac, 3) AS p_cardiac,
+                    round(p_respiratory, 3) AS p_respiratory, round(p_fall, 3) AS p_fall, context_windows
+                FROM risk_scores WHERE date >= CAST(? AS DATE)
+                QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY window_end DESC) = 1
+            ) WHERE risk_score IS NOT NULL  -- a latest window with insufficient data ranks nobody
             ORDER BY risk_score DESC, patient_id LIMIT ?
             """,
             [dates[0], limit],

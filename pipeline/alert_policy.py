@@ -70,6 +70,10 @@ class AlertPolicy:
     rules: tuple[WindowRule, ...]
     fall: FallRule | None
     silence: SilenceRule | None
+    # Repeats of one alert before it goes quiet (open until acknowledged or resolved; a snooze's end starts a
+    # new count): an alert nobody answers, of a patient whose data stopped or far behind another patient's
+    # event time (a replay of date-shifted records), does not repeat without end.
+    max_repeats: int = 12
 
 
 DEFAULT_POLICY = "alert_policy.json"
@@ -129,7 +133,10 @@ def parse_policy(doc: Any) -> AlertPolicy:
             silence = SilenceRule({s: _minutes(after, s, name) for s in after}, repeat_ms, severity)
         else:
             rules.append(_window_rule(name, spec, repeat_ms, severity))
-    return AlertPolicy(version, tuple(rules), fall, silence)
+    max_repeats = doc.get("max_repeats", AlertPolicy.max_repeats)
+    if not isinstance(max_repeats, int) or isinstance(max_repeats, bool) or max_repeats < 0:
+        raise ValueError(f"'max_repeats' must be a whole number >= 0, not {max_repeats!r}")
+    return AlertPolicy(version, tuple(rules), fall, silence, max_repeats)
 
 
 def _window_rule(name: str, spec: dict[str, Any], repeat_ms: int, severity: str) -> WindowRule:

@@ -15,8 +15,9 @@ Semantics (`schemas/alert_policy.json` holds the numbers; `pipeline.alert_policy
   window ending `after_minutes` or more past its last data has none of it; silence is judged only where
   the patient's partition of that stream has data up to that window (its high-water mark), so a topic or
   partition outage pages nobody. It resolves in the first window with data again.
-- Repeats come every `repeat_minutes` of event time while unacknowledged; an acknowledgement stops them
-  until the alert resolves or the snooze ends.
+- Repeats come every `repeat_minutes` of event time while unacknowledged, at most `max_repeats` of them
+  (then the alert stays open, quiet); an acknowledgement stops them until the alert resolves or the snooze
+  ends, which starts a new count.
 - Everything runs in event time: closed windows in order of their end, timers (repeats, fall resolution)
   up to the horizon (watermark - allowed lateness: every window ending there has closed). A replay or a
   restart from the checkpoint with other batch sizes gives the same (alert_id, state, sequence) events;
@@ -107,6 +108,7 @@ class OpenAlert:
     reason: str
     acked_by: str = ""
     last_evidence_ms: int = 0  # falls: the latest fall reading
+    repeats: int = 0  # repeats emitted since the raise or the last acknowledgement (AlertPolicy.max_repeats)
 
 
 _OPEN_SCHEMA = pa.schema(
@@ -126,6 +128,7 @@ _OPEN_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("acked_by", pa.string()),
         ("last_evidence_ms", pa.int64()),
+        ("repeats", pa.int32()),
     ]
 )
 
@@ -220,7 +223,7 @@ class AlertState:
                     state.source[key] = np.asarray(col.to_pylist(), dtype=object)
         if "alerts_open" in tables:
             for row in tables["alerts_open"].to_pylist():
-                a = OpenAlert(**row)
+                a = OpenAlert(**row)  # a checkpoint from before `repeats`: none counted yet
                 state.open[(a.patient_id, a.condition, a.stream)] = a
         if "alert_clock" in tables and len(tables["alert_clock"]):
             state.horizon_ms = tables["alert_clock"].column("horizon_ms")[0].as_py()
@@ -263,6 +266,7 @@ def apply_acks(state: AlertState, policy: AlertPolicy, batch: RawBatch, now: dat
         snooze = ack.get("snooze_minutes")
         a.acked_by = ack["by"]
         a.next_repeat_ms = at_ms + int(snooze * 60_000) if snooze else None
+        a.repeats = 0
         until = f", snoozed {snooze:g} min" if snooze else ""
         _emit(events, a, "acknowledged", at_ms, now, f"acknowledged by {a.acked_by}{until}", policy)
         rows.append(
@@ -439,8 +443,11 @@ def _fire_timers(state: AlertState, policy: AlertPolicy, until_ms: int, now: dat
         while a.next_repeat_ms is not None and a.next_repeat_ms <= last_due:
             minutes = (a.next_repeat_ms - a.started_ms) / 60_000
             who = f"acknowledged by {a.acked_by}, snooze over" if a.acked_by else "not acknowledged"
-            _emit(out, a, "repeated", a.next_repeat_ms, now, f"{a.reason}; open {minutes:.0f} min, {who}", policy)
-            a.next_repeat_ms += a.repeat_ms
+            a.repeats += 1
+            last = f"; last repeat ({a.repeats}): open until acknowledged" if a.repeats >= policy.max_repeats else ""
+            reason = f"{a.reason}; open {minutes:.0f} min, {who}{last}"
+            _emit(out, a, "repeated", a.next_repeat_ms, now, reason, policy)
+            a.next_repeat_ms = a.next_repeat_ms + a.repeat_ms if a.repeats < policy.max_repeats else None
         if end_ms is not None and policy.fall is not None:
             quiet = policy.fall.clear_after_ms / 60_000
             _resolve(state, out, a, end_ms, now, f"no further fall for {quiet:g} min after acknowledgement", policy)

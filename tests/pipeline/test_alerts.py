@@ -178,6 +178,25 @@ def test_repeats_follow_event_time_until_acknowledged_or_snooze_ends(policy: Ale
     assert run(s, policy, 235, {"P1": {"p_cardiac": 0.0}}) == [("P1", "cardiac", "resolved", 9)]
 
 
+def test_an_alert_nobody_answers_repeats_at_most_max_repeats_times_then_stays_open_quietly() -> None:
+    # A replay of date-shifted records (MIMIC's are years apart) moves event time decades past an open alert:
+    # it repeated every 10 minutes across the gap, millions of events, until the process ran out of memory.
+    policy = parse_policy({**POLICY_DOC, "max_repeats": 3})
+    s = AlertState()
+    run(s, policy, 5, {"P1": {"p_cardiac": 0.9}})
+    assert run(s, policy, 10, {"P1": {"p_cardiac": 0.9}}) == [("P1", "cardiac", "raised", 1)]
+    years = 40 * 365 * 24 * 60
+    events = run(s, policy, horizon_min=years)
+    assert events == [("P1", "cardiac", "repeated", k) for k in (2, 3, 4)]  # due at 20, 30 and 40, then quiet
+    assert run(s, policy, horizon_min=2 * years) == [] and len(s.open) == 1  # still open, until acknowledged
+    (aid,) = [a.alert_id for a in s.open.values()]
+    apply_acks(s, policy, ack_batch([{"alert_id": aid, "by": "nurse-7", "snooze_minutes": 10}], at_min=years), NOW)
+    assert len(run(s, policy, horizon_min=2 * years)) == 3  # a snooze's end starts a new count
+    with pytest.raises(ValueError, match="max_repeats"):
+        parse_policy({**POLICY_DOC, "max_repeats": -1})
+    assert default_policy().max_repeats == 12
+
+
 def ack_batch(acks: list[Any], at_min: int) -> RawBatch:
     values = [a if isinstance(a, bytes) else json.dumps(a).encode() for a in acks]
     n = len(values)
