@@ -109,6 +109,20 @@ def _floats(t: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(t.column(name), pa.float64()).to_numpy(zero_copy_only=False), np.float64)
 
 
+def _patient_windows(
+    context: pa.Table, targets: pa.Table, window_ms: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Patient codes shared by the context's and the targets' rows, and each row's window number:
+    (context codes, target codes, context windows, target windows)."""
+    ids = pa.concat_arrays(
+        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
+    )
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    c_idx = epoch_ms(context.column("window_start")) // window_ms
+    t_idx = epoch_ms(targets.column("window_start")) // window_ms
+    return codes[: len(context)], codes[len(context) :], c_idx, t_idx
+
+
 def recent_shares(course: pa.Table, targets: pa.Table, window_ms: int) -> dict[str, np.ndarray]:
     """Per RECENT_FEATURES name, [N]: for each target window, the share of the same patient's windows in
     `course` (COURSE_SCHEMA, holding the targets' own rows) starting in the last RECENT_HOURS up to the target
@@ -117,13 +131,7 @@ def recent_shares(course: pa.Table, targets: pa.Table, window_ms: int) -> dict[s
     n = len(targets)
     if n == 0:
         return {name: np.zeros(0) for name in RECENT_FEATURES}
-    ids = pa.concat_arrays(
-        [course.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    c_code, t_code = codes[: len(course)], codes[len(course) :]
-    c_idx = epoch_ms(course.column("window_start")) // window_ms
-    t_idx = epoch_ms(targets.column("window_start")) // window_ms
+    c_code, t_code, c_idx, t_idx = _patient_windows(course, targets, window_ms)
     back = RECENT_HOURS * 3_600_000 // window_ms  # windows before the target that still count
     base = int(min(c_idx.min(initial=0), t_idx.min(initial=0))) - back - 1
     span = int(max(c_idx.max(initial=0), t_idx.max(initial=0))) - base + 1
@@ -176,13 +184,7 @@ def sequences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each target window, the features of the same patient's windows at lags L-1..0 from `context`
     (which must contain the targets). Returns ([N, L, F] float32, windows-present count per target)."""
-    ids = pa.concat_arrays(
-        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    c_code, t_code = codes[: len(context)], codes[len(context) :]
-    c_idx = epoch_ms(context.column("window_start")) // window_ms
-    t_idx = epoch_ms(targets.column("window_start")) // window_ms
+    c_code, t_code, c_idx, t_idx = _patient_windows(context, targets, window_ms)
     span = int(max(c_idx.max(initial=0), t_idx.max(initial=0))) + length + 1
     c_key = c_code * span + c_idx
     order = np.argsort(c_key, kind="stable")
