@@ -72,6 +72,7 @@ def main() -> None:
 
 def boundary(args: argparse.Namespace) -> None:
     """Each patient's last window scored with the context the engine keeps (the hot path of a live run)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from models.lstm import load_checkpoint
@@ -93,7 +94,8 @@ def boundary(args: argparse.Namespace) -> None:
         scorer = Scorer(ckpt)
         t0 = time.perf_counter()
         history = prune_history(model_inputs(before), 300_000, scorer.length)
-        course = prune_history(course_rows(before), 300_000, scorer.course_windows, schema=COURSE_SCHEMA)
+        kept_course = prune_history(course_rows(before), 300_000, scorer.course_windows, schema=COURSE_SCHEMA)
+        course = pa.concat_tables([kept_course, course_rows(closed)])  # as the engine hands it over
         kept = time.perf_counter() - t0
         scorer.score(history, closed.slice(0, 256), course)  # warm-up
         best = float("inf")
@@ -103,7 +105,7 @@ def boundary(args: argparse.Namespace) -> None:
             best = min(best, time.perf_counter() - t0)
         print(
             f"  {ckpt.version} ({len(ckpt.feature_names)} inputs): context kept {len(history):,} windows and "
-            f"{len(course):,} of course ({(history.nbytes + course.nbytes) / 2**20:,.1f} MiB; built in "
+            f"{len(kept_course):,} of course ({(history.nbytes + kept_course.nbytes) / 2**20:,.1f} MiB; built in "
             f"{kept:.2f} s); {len(closed) / best:>10,.0f} windows scored/s ({best:.2f} s for the boundary)"
         )
 

@@ -29,6 +29,7 @@ from pipeline.model_contract import (
     RECENT_FEATURES,
     RECENT_HOURS,
     RECENT_RANGES,
+    WINDOW_FEATURES,
     RiskLevels,
     sensor_configuration,
 )
@@ -83,12 +84,12 @@ def course_rows(windows: pa.Table) -> pa.Table:
     for stream in _COURSE_STREAMS:
         prefix = VITALS[stream]
         last = _floats(windows, f"{prefix}_last")
-        low = np.where(np.isnan(_floats(windows, f"{prefix}_min")), last, _floats(windows, f"{prefix}_min"))
-        high = np.where(np.isnan(_floats(windows, f"{prefix}_max")), last, _floats(windows, f"{prefix}_max"))
+        low, high = (_floats(windows, f"{prefix}_{stat}") for stat in ("min", "max"))
+        low, high = np.where(np.isnan(low), last, low), np.where(np.isnan(high), last, high)
         held = ~np.isnan(last)
         bits |= held.astype(np.int16) << _HELD_BIT[stream]
-        for name, (_, lo_ok, hi_ok) in RECENT_RANGES.items():
-            if RECENT_RANGES[name][0] == stream:
+        for name, (of, lo_ok, hi_ok) in RECENT_RANGES.items():
+            if of == stream:
                 with np.errstate(invalid="ignore"):
                     left = held & ((low < lo_ok) | (high > hi_ok))
                 bits |= left.astype(np.int16) << _LEFT_BIT[name]
@@ -155,13 +156,13 @@ def recent_shares(course: pa.Table, targets: pa.Table, window_ms: int) -> dict[s
 
 def model_inputs(windows: pa.Table, course: pa.Table | None = None, window_ms: int = 300_000) -> pa.Table:
     """The columns the model reads, as floats (HISTORY_SCHEMA): the windows' own, and their patients' recent
-    course (`recent_shares`) over `course` (COURSE_SCHEMA rows of the earlier windows, as a live run keeps
-    them) and the windows themselves. What the flow keeps per patient as scoring context."""
+    course (`recent_shares`) over `course` (COURSE_SCHEMA rows of the patients' recent windows, these
+    included, as a live run keeps them; None: these windows' own `course_rows`). What the flow keeps per
+    patient as scoring context."""
     own = windows.select([c for c in HISTORY_SCHEMA.names if c not in RECENT_FEATURES])
     own = own.cast(pa.schema([f for f in HISTORY_SCHEMA if f.name not in RECENT_FEATURES]))
-    mine = course_rows(own)
-    context = mine if course is None or len(course) == 0 else pa.concat_tables([course.cast(COURSE_SCHEMA), mine])
-    for name, values in recent_shares(context, own, window_ms).items():
+    course = course_rows(own) if course is None else course.cast(COURSE_SCHEMA)
+    for name, values in recent_shares(course, own, window_ms).items():
         own = own.append_column(name, pa.array(values, pa.float64(), from_pandas=True))
     return own.select(HISTORY_SCHEMA.names)
 
@@ -285,9 +286,9 @@ class Scorer:
 
     def score(self, history: pa.Table, closed: pa.Table, course: pa.Table | None = None) -> tuple[pa.Table, pa.Table]:
         """Score `closed` windows with context from `history` (HISTORY_SCHEMA: the patients' earlier windows)
-        and `course` (COURSE_SCHEMA: their recent course, for a checkpoint that reads it; none: the closed
-        windows' own); returns (risk_scores, the context: history and the closed windows' model inputs, to be
-        pruned with `prune_history` and kept)."""
+        and `course` (COURSE_SCHEMA: their recent course, the closed windows' `course_rows` included, for a
+        checkpoint that reads it; None: the closed windows' own); returns (risk_scores, the context: history
+        and the closed windows' model inputs, to be pruned with `prune_history` and kept)."""
         history = history.cast(HISTORY_SCHEMA)
         context = pa.concat_tables([history, model_inputs(closed, course, self.window_ms)])
         ctx_x = feature_matrix(context, self.center, self.scale)
@@ -356,7 +357,7 @@ def onnx_session(checkpoint: Checkpoint, path: Path | None = None) -> Any:
 def course_windows(n_features: int, window_ms: int) -> int:
     """Windows of recent course (COURSE_SCHEMA) to keep per patient for a network reading the first
     `n_features` of MODEL_FEATURES: RECENT_HOURS where it reads the recent course, else none."""
-    return RECENT_HOURS * 3_600_000 // window_ms if n_features > MODEL_FEATURES.index(RECENT_FEATURES[0]) else 0
+    return RECENT_HOURS * 3_600_000 // window_ms if n_features > len(WINDOW_FEATURES) else 0
 
 
 def prune_history(

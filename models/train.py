@@ -188,9 +188,15 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
     events = pa.concat_tables([s.events for s in sources.values()])
     source_of = {p: name for name, s in sources.items() for p in s.patients.tolist()}
     labels, ongoing = window_labels(windows, events, cfg.horizon_minutes)
-    train_rows = windows.filter(pc.is_in(windows.column("patient_id"), pa.array(groups["train"])))
+    masks, rows_of, ctx_of = {}, {}, {}  # each group's windows and their model inputs
+    for name, members in groups.items():
+        masks[name] = np.asarray(
+            pc.is_in(windows.column("patient_id"), pa.array(members)).to_numpy(zero_copy_only=False)
+        )
+        rows_of[name] = windows.filter(pa.array(masks[name]))
+        ctx_of[name] = model_inputs(rows_of[name], window_ms=cfg.window_ms)
     names = feature_names(cfg)
-    raw = feature_matrix(model_inputs(train_rows, window_ms=cfg.window_ms), np.zeros(len(names)), np.ones(len(names)))
+    raw = feature_matrix(ctx_of["train"], np.zeros(len(names)), np.ones(len(names)))
     center = np.median(raw, axis=0).astype(np.float64)
     q75, q25 = np.percentile(raw, [75, 25], axis=0)
     scale = np.where(q75 - q25 > 1e-6, q75 - q25, np.maximum(np.abs(raw).max(axis=0), 1.0)).astype(np.float64)
@@ -201,9 +207,7 @@ def build_data(cfg: TrainConfig) -> tuple[dict[str, Split], np.ndarray, np.ndarr
     splits = {}
     days = {name: s.patient_days / max(len(s.patients), 1) for name, s in sources.items()}
     for name, members in groups.items():
-        mask = np.asarray(pc.is_in(windows.column("patient_id"), pa.array(members)).to_numpy(zero_copy_only=False))
-        rows = windows.filter(pa.array(mask))
-        ctx = model_inputs(rows, window_ms=cfg.window_ms)
+        mask, rows, ctx = masks[name], rows_of[name], ctx_of[name]
         x, present = sequences(ctx, feature_matrix(ctx, center, scale), rows, cfg.window_ms, cfg.window_count)
         assessed, readings = assessment(ctx, rows, cfg.window_ms, cfg.window_count)
         assessed &= (readings >= RiskLevels().min_context_readings)[:, None]

@@ -217,11 +217,11 @@ class Engine:
             routing = route(windows, "windows")
             self.quality.add("windows", windows, routing.failed)
             windows = windows.append_column("dq_failure", pa.array(routing.expectation_labels(), pa.string()))
-            scores, context = self.scorer.score(self.history, windows, self.course)
+            course = pa.concat_tables([self.course, course_rows(windows)]) if self.scorer.course_windows else None
+            scores, context = self.scorer.score(self.history, windows, course)
             window_ms, watermark = self.cfg.window.window_ms, self.state.watermark_ms
             self.history = prune_history(context, window_ms, self.scorer.length, watermark).cast(HISTORY_SCHEMA)
-            if self.scorer.course_windows:
-                course = pa.concat_tables([self.course, course_rows(windows)])
+            if course is not None:
                 self.course = prune_history(course, window_ms, self.scorer.course_windows, watermark, COURSE_SCHEMA)
         else:
             scores = empty_scores(self.scorer)

@@ -313,11 +313,11 @@ def test_the_recent_course_kept_between_batches_gives_what_the_whole_record_give
     early, late = windows.slice(0, 40), windows.slice(40)
     kept = prune_history(course_rows(early), W, course_windows(len(MODEL_FEATURES), W), schema=COURSE_SCHEMA)
     assert len(kept) < len(early) and kept.schema == COURSE_SCHEMA  # 6 hours of a few bits per window
-    streamed = model_inputs(late, kept, window_ms=W)
+    course = pa.concat_tables([kept, course_rows(late)])  # what the engine hands over with the closed windows
+    streamed = model_inputs(late, course, window_ms=W)
     for name in RECENT_FEATURES:
         assert streamed.column(name).to_pylist() == whole.column(name).slice(40).to_pylist()
-    # the scorer reads the kept course as the engine hands it over
-    _, context = Scorer(tiny).score(model_inputs(early, window_ms=W), late, kept)
+    _, context = Scorer(tiny).score(model_inputs(early, window_ms=W), late, course)
     got = context.slice(len(early)).column("respiration_red_share")
     assert got.to_pylist() == whole.column("respiration_red_share").slice(40).to_pylist()
 
