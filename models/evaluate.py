@@ -22,6 +22,17 @@ import torch
 
 from models.lstm import Checkpoint
 from models.scorer import FORECAST_VITALS, feature_matrix, sequences
+from pipeline.clinical import (
+    GLUCOSE_HIGH,
+    GLUCOSE_LOW,
+    GLUCOSE_VERY_HIGH,
+    GLUCOSE_VERY_LOW,
+    HEART_RATE_RED,
+    NEWS2_PULSE,
+    NEWS2_RESPIRATION,
+    RESPIRATION_RED,
+    news2_points,
+)
 from pipeline.model_contract import CONDITIONS, HEADS, WINDOW_FEATURES, RiskLevels, sensor_configuration
 
 MINUTE_MS = 60_000
@@ -115,11 +126,9 @@ def _col(t: pa.Table, name: str) -> np.ndarray:
 def news2_partial(windows: pa.Table) -> np.ndarray:
     """NEWS2 points for respiration rate and pulse (0-6) from the window's last readings; a missing
     stream scores 0, as an unmeasured parameter would."""
-    hr = _col(windows, "heart_rate_bpm_last")
-    rr = _col(windows, "respiration_rate_per_min_last")
-    rr_pts = np.select([rr <= 8, rr <= 11, rr <= 20, rr <= 24, rr >= 25], [3, 1, 0, 2, 3], 0)
-    hr_pts = np.select([hr <= 40, hr <= 50, hr <= 90, hr <= 110, hr <= 130, hr >= 131], [3, 1, 0, 1, 2, 3], 0)
-    return (np.where(np.isnan(rr), 0, rr_pts) + np.where(np.isnan(hr), 0, hr_pts)).astype(np.float64)
+    hr = news2_points(_col(windows, "heart_rate_bpm_last"), NEWS2_PULSE)
+    rr = news2_points(_col(windows, "respiration_rate_per_min_last"), NEWS2_RESPIRATION)
+    return (hr + rr).astype(np.float64)
 
 
 def news2_red(windows: pa.Table) -> np.ndarray:
@@ -127,7 +136,8 @@ def news2_red(windows: pa.Table) -> np.ndarray:
     hr = _col(windows, "heart_rate_bpm_last")
     rr = _col(windows, "respiration_rate_per_min_last")
     with np.errstate(invalid="ignore"):
-        red = (hr <= 40) | (hr >= 131) | (rr <= 8) | (rr >= 25)
+        red = (hr <= HEART_RATE_RED[0]) | (hr >= HEART_RATE_RED[1])
+        red |= (rr <= RESPIRATION_RED[0]) | (rr >= RESPIRATION_RED[1])
     return red.astype(np.float64)
 
 
@@ -136,7 +146,8 @@ def cgm_level(windows: pa.Table) -> np.ndarray:
     181-250, 2 below 54 or above 250; no reading scores 0."""
     g = _col(windows, "glucose_mg_dl_last")
     with np.errstate(invalid="ignore"):
-        level = np.where((g < 54) | (g > 250), 2, np.where((g < 70) | (g > 180), 1, 0))
+        level2 = (g < GLUCOSE_VERY_LOW) | (g > GLUCOSE_VERY_HIGH)
+        level = np.where(level2, 2, np.where((g < GLUCOSE_LOW) | (g > GLUCOSE_HIGH), 1, 0))
     return np.where(np.isnan(g), 0, level).astype(np.float64)
 
 

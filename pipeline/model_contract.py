@@ -20,6 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.clinical import (
+    GLUCOSE_LOW,
+    GLUCOSE_VERY_HIGH,
+    HEART_RATE_RED,
+    NEWS2_PULSE,
+    NEWS2_RESPIRATION,
+    RESPIRATION_RED,
+    normal_band,
+)
 from pipeline.features import STATS, VITALS
 
 CONDITIONS: tuple[str, ...] = ("hypoglycaemia", "hyperglycaemia", "cardiac", "respiratory", "fall")
@@ -50,17 +59,19 @@ WINDOW_FEATURES: list[str] = [
 # windows of the last RECENT_HOURS (this one included) that hold the vital and left its normal range
 # [low, high] (the window's min or max; its one reading where it has one), or null where none holds it.
 # Hourly ICU charting leaves one or two readings in an hour of context; a patient who has hovered at a
-# threshold for hours differs from one who has just reached it. The ranges are the event thresholds
-# (glucose < 70 and > 250; NEWS2's red heart and respiration rate, 3 points, which are the cardiac and
-# respiratory event thresholds) and NEWS2's amber bands (1-2 points).
+# threshold for hours differs from one who has just reached it. The ranges (pipeline.clinical) are the event
+# thresholds (glucose < 70 and > 250; NEWS2's red heart and respiration rate, 3 points, which are the
+# cardiac and respiratory event thresholds) and NEWS2's amber bands (1-2 points).
 RECENT_HOURS = 6
+_HR_NOT_RED = (HEART_RATE_RED[0] + 1, HEART_RATE_RED[1] - 1)  # the whole rates outside the red band
+_RR_NOT_RED = (RESPIRATION_RED[0] + 1, RESPIRATION_RED[1] - 1)
 RECENT_RANGES: dict[str, tuple[str, float, float]] = {
-    "glucose_low_share": ("glucose", 70.0, float("inf")),
-    "glucose_high_share": ("glucose", float("-inf"), 250.0),
-    "heart_rate_red_share": ("heart_rate", 41.0, 130.0),
-    "heart_rate_amber_share": ("heart_rate", 51.0, 90.0),
-    "respiration_red_share": ("respiration", 9.0, 24.0),
-    "respiration_amber_share": ("respiration", 12.0, 20.0),
+    "glucose_low_share": ("glucose", GLUCOSE_LOW, float("inf")),
+    "glucose_high_share": ("glucose", float("-inf"), GLUCOSE_VERY_HIGH),
+    "heart_rate_red_share": ("heart_rate", *_HR_NOT_RED),
+    "heart_rate_amber_share": ("heart_rate", *normal_band(NEWS2_PULSE)),
+    "respiration_red_share": ("respiration", *_RR_NOT_RED),
+    "respiration_amber_share": ("respiration", *normal_band(NEWS2_RESPIRATION)),
 }
 RECENT_FEATURES: list[str] = list(RECENT_RANGES)
 # The model's inputs per window, in order: a checkpoint reads a prefix of them (older checkpoints and

@@ -18,6 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.clinical import GLUCOSE_LOW, GLUCOSE_VERY_HIGH, GLUCOSE_VERY_LOW
+from pipeline.clinical import HEART_RATE_RED as HR_RED
+from pipeline.clinical import RESPIRATION_RED as RR_RED
 from pipeline.model_contract import CONDITIONS
 
 PROFILES = ("non_diabetic", "type1_diabetic", "respiratory", "frail_elderly")
@@ -434,18 +437,18 @@ def _table(
 
 
 def detect_events(readings: pa.Table) -> pa.Table:
-    """Adverse events by the published thresholds, applied per patient and stream in event time:
+    """Adverse events by the published thresholds (pipeline.clinical), per patient and stream in event time:
     hypoglycaemia < 54 mg/dL (instant) or < 70 for >= 15 min; hyperglycaemia > 250 for >= 15 min;
     cardiac HR >= 131 or <= 40 for >= 5 min; respiratory RR >= 25 or <= 8 for >= 5 min; a fall with
     confidence >= 0.7 (or none given). A run is broken by a gap longer than 2x the stream's cadence
     (the patient's median spacing on that stream). Onset = the run's first reading; end = its last."""
     parts = []
     rules = [
-        ("hypoglycaemia", "glucose", lambda v: v < 54, 0.0),
-        ("hypoglycaemia", "glucose", lambda v: v < 70, 15 * 60_000.0),
-        ("hyperglycaemia", "glucose", lambda v: v > 250, 15 * 60_000.0),
-        ("cardiac", "heart_rate", lambda v: (v >= 131) | (v <= 40), 5 * 60_000.0),
-        ("respiratory", "respiration", lambda v: (v >= 25) | (v <= 8), 5 * 60_000.0),
+        ("hypoglycaemia", "glucose", lambda v: v < GLUCOSE_VERY_LOW, 0.0),
+        ("hypoglycaemia", "glucose", lambda v: v < GLUCOSE_LOW, 15 * 60_000.0),
+        ("hyperglycaemia", "glucose", lambda v: v > GLUCOSE_VERY_HIGH, 15 * 60_000.0),
+        ("cardiac", "heart_rate", lambda v: (v <= HR_RED[0]) | (v >= HR_RED[1]), 5 * 60_000.0),
+        ("respiratory", "respiration", lambda v: (v <= RR_RED[0]) | (v >= RR_RED[1]), 5 * 60_000.0),
     ]
     for cond, stream, rule, min_ms in rules:
         sub = readings.filter(pc.equal(readings.column("stream"), stream))
