@@ -62,6 +62,9 @@ class SilenceRule:
     after_ms: dict[str, int]  # stream -> silence that raises
     repeat_ms: int
     severity: str
+    # A stream that reports less often (charted vitals, spot checks, 5-min averages) is silent only after this
+    # many of its usual intervals between readings (the median of the patient's last five), where longer.
+    cadence_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,10 @@ def parse_policy(doc: Any) -> AlertPolicy:
                 raise ValueError(
                     f"sensor_silent: after_minutes must map some of {', '.join(SILENT_STREAMS)} to minutes"
                 )
-            silence = SilenceRule({s: _minutes(after, s, name) for s in after}, repeat_ms, severity)
+            factor = spec.get("cadence_factor", SilenceRule.cadence_factor)
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1 <= factor <= 100:
+                raise ValueError(f"sensor_silent: cadence_factor must be a number within 1-100, not {factor!r}")
+            silence = SilenceRule({s: _minutes(after, s, name) for s in after}, repeat_ms, severity, float(factor))
         else:
             rules.append(_window_rule(name, spec, repeat_ms, severity))
     max_repeats = doc.get("max_repeats", AlertPolicy.max_repeats)

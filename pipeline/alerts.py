@@ -49,6 +49,7 @@ from pipeline.readings import epoch_ms
 ACK_STREAM = "alerts.ack"  # the ack topic is <topic_prefix>alerts.ack
 STATES: tuple[str, ...] = ("raised", "repeated", "acknowledged", "resolved")
 NEVER = np.iinfo(np.int64).min
+GAPS_KEPT = 5  # per patient and stream: the latest intervals between readings, whose median is its cadence
 MAX_SNOOZE_MINUTES = 24 * 60
 
 Events = list[dict[str, Any]]  # alert events as rows of ALERT_SCHEMA, before they become a table
@@ -143,6 +144,9 @@ class AlertState:
         self.streak: dict[str, np.ndarray] = {}  # condition -> int32 per patient
         self.last_present: dict[str, np.ndarray] = {}  # stream -> window end (ms) of its last data, NEVER if none
         self.source: dict[str, np.ndarray] = {}  # stream -> "topic:partition" per patient ("" unknown)
+        self.gaps: dict[
+            str, np.ndarray
+        ] = {}  # stream -> (patients, GAPS_KEPT) intervals in ms, newest first; 0 unknown
         self.open: dict[tuple[str, str, str], OpenAlert] = {}
         self.horizon_ms: int | None = None
 
@@ -178,6 +182,16 @@ class AlertState:
     def sources(self, stream: str) -> np.ndarray:
         return self._column(self.source, stream, "", object)
 
+    def recent_gaps(self, stream: str) -> np.ndarray:
+        arr = self.gaps.get(stream)
+        n = len(self.patients)
+        if arr is None or len(arr) < n:
+            grown = np.zeros((n, GAPS_KEPT), dtype=np.int64)
+            if arr is not None:
+                grown[: len(arr)] = arr
+            self.gaps[stream] = arr = grown
+        return arr
+
     def opened(self, condition: str, stream: str = "") -> np.ndarray:
         """Per patient: is an alert of this condition (and stream) open?"""
         flags = np.zeros(len(self.patients), dtype=bool)
@@ -193,10 +207,16 @@ class AlertState:
             self.last_seen(name)
         for name in list(self.source):
             self.sources(name)
+        for name in list(self.gaps):
+            self.recent_gaps(name)
         tracks: dict[str, Any] = {"patient_id": self.patients}
         tracks |= {f"streak:{k}": pa.array(v, pa.int32()) for k, v in self.streak.items()}
         tracks |= {f"last_present:{k}": pa.array(v, pa.int64()) for k, v in self.last_present.items()}
         tracks |= {f"source:{k}": pa.array(v.tolist(), pa.string()) for k, v in self.source.items()}
+        tracks |= {
+            f"gaps:{k}": pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.int64()), GAPS_KEPT)
+            for k, v in self.gaps.items()
+        }
         return {
             "alert_tracks": pa.table(tracks),
             "alerts_open": pa.table(  # column by column: dataclasses.asdict per alert cost 60 us each
@@ -221,6 +241,9 @@ class AlertState:
                     state.last_present[key] = np.asarray(col.to_numpy(), dtype=np.int64).copy()
                 elif kind == "source":
                     state.source[key] = np.asarray(col.to_pylist(), dtype=object)
+                elif kind == "gaps":  # a checkpoint from before cadences: none known, after_minutes alone
+                    flat = col.combine_chunks().flatten().to_numpy()
+                    state.gaps[key] = np.asarray(flat, dtype=np.int64).reshape(-1, GAPS_KEPT).copy()
         if "alerts_open" in tables:
             for row in tables["alerts_open"].to_pylist():
                 a = OpenAlert(**row)  # a checkpoint from before `repeats`: none counted yet
@@ -553,28 +576,61 @@ def _silence_step(
         if column not in windows.column_names:
             continue
         present = np.asarray(pc.fill_null(windows.column(column), False).to_numpy(zero_copy_only=False), dtype=bool)
-        last, sources = state.last_seen(stream), state.sources(stream)
+        last, sources, gaps = state.last_seen(stream), state.sources(stream), state.recent_gaps(stream)
         is_open = state.opened("sensor_silent", stream)
         back = idx[present & is_open[idx]]
         for i in back.tolist():
             a = state.open[(state.patients[i].as_py(), "sensor_silent", stream)]
-            silent_min = (end_ms - (a.started_ms - after_ms)) / 60_000
+            silent_min = (end_ms - last[i]) / 60_000
             _resolve(state, out, a, end_ms, now, f"{stream} data again (silent about {silent_min:.0f} min)", policy,
                      end_ms, silent_min)  # fmt: skip
-        last[idx[present]] = end_ms
+        rows = np.flatnonzero(present)
+        seen = idx[rows]
+        # the interval between readings this window shows: the time since the last window with data over the
+        # readings in this one (a monitor at 1 Hz: about a second; hourly charting: an hour)
+        count = _floats(windows, f"{stream}_count")[rows]
+        prior = (last[seen] != NEVER) & (last[seen] < end_ms)
+        again = seen[prior]
+        gaps[again, 1:] = gaps[again, :-1]
+        gaps[again, 0] = np.ceil((end_ms - last[again]) / np.fmax(np.nan_to_num(count[prior], nan=1.0), 1.0))
+        last[seen] = end_ms
         is_open[back] = False
         # Silence counts only where the patient's partition of this stream has data up to this window.
         names, code = np.unique(sources.astype(str), return_inverse=True)
         highs = np.asarray([source_high_ms.get(n, NEVER) for n in names.tolist()], dtype=np.int64)
         live = highs[code.reshape(-1)] >= end_ms if len(names) else np.zeros(len(last), dtype=bool)
-        silent = (last != NEVER) & ~is_open & live & (end_ms - np.where(last == NEVER, end_ms, last) >= after_ms)
-        for i in np.flatnonzero(silent).tolist():
+        candidates = np.flatnonzero(
+            (last != NEVER) & ~is_open & live & (end_ms - np.where(last == NEVER, end_ms, last) >= after_ms)
+        )
+        # A stream that reports less often than after_ms allows for (hourly charting, spot checks, a CGM every
+        # 15 min, a wearable's 5-min averages) is silent after cadence_factor of its own usual intervals:
+        # otherwise it would raise and resolve at every reading that comes a little late or not at all.
+        usual = _usual_gap(gaps[candidates])
+        wait = np.maximum(after_ms, np.ceil(usual * rule.cadence_factor)).astype(np.int64)
+        silent = end_ms - last[candidates] >= wait
+        for i, wait_ms, usual_ms in zip(
+            candidates[silent].tolist(), wait[silent].tolist(), usual[silent].tolist(), strict=True
+        ):
             patient, since = state.patients[i].as_py(), int(last[i])
-            minutes = after_ms / 60_000
+            minutes = wait_ms / 60_000
             stamp = datetime.fromtimestamp(since / 1000, UTC).strftime("%H:%M")
-            reason = f"{stream} silent for >= {minutes:g} min (last data in the window ending {stamp} UTC)"
-            _raise(state, out, policy, now, patient, "sensor_silent", stream, since + after_ms, since, rule.severity,
+            why = (
+                f"{rule.cadence_factor:g}x its usual {usual_ms / 60_000:.0f} min between readings; "
+                if wait_ms > after_ms
+                else ""
+            )
+            reason = f"{stream} silent for >= {minutes:g} min ({why}last data in the window ending {stamp} UTC)"
+            _raise(state, out, policy, now, patient, "sensor_silent", stream, since + wait_ms, since, rule.severity,
                    rule.repeat_ms, (minutes, minutes, math.nan), reason, end_ms)  # fmt: skip
+
+
+def _usual_gap(gaps: np.ndarray) -> np.ndarray:
+    """Per row, the median of the known (non-zero) intervals in ms; 0 where none is known."""
+    known = np.where(gaps > 0, gaps.astype(np.float64), np.nan)
+    out = np.zeros(len(gaps))
+    rows = ~np.isnan(known).all(axis=1)
+    out[rows] = np.nanmedian(known[rows], axis=1)
+    return out
 
 
 def _floats(table: pa.Table, column: str) -> np.ndarray:

@@ -73,6 +73,7 @@ def window(end_min: int, rows: dict[str, dict[str, Any]]) -> tuple[pa.Table, pa.
     }
     for stream in ("glucose", "heart_rate", "respiration"):
         windows[f"{stream}_present"] = pa.array([rows[p].get(stream, True) for p in ids], pa.bool_())
+        windows[f"{stream}_count"] = pa.array([rows[p].get(f"{stream}_count") for p in ids], pa.int64())
     return pa.table(scores), pa.table(windows)
 
 
@@ -276,6 +277,59 @@ def test_a_patient_with_no_windows_at_all_is_silent_too(policy: AlertPolicy) -> 
     assert run(s, policy, 10, {"P2": {}}) == [("P1", "sensor_silent", "raised", 1)]
 
 
+def charted(
+    state: AlertState, policy: AlertPolicy, data_at: list[int], until: int, start: int = 5, count: int = 1
+) -> list[tuple[int, str]]:
+    """Heart rate of P1 (`count` readings) in the 5-min windows ending at `data_at` (minutes) only, every
+    window from `start` to `until` closed in turn (P2 reports in each, so every window closes); (window end,
+    raised or resolved) per event."""
+    if not len(state):  # the patients' heart-rate partition, which silence is judged against
+        run(state, policy, falls=readings([("P1", "heart_rate", 1, None), ("P2", "heart_rate", 1, None)]))
+    events = []
+    for end in range(start, until + 1, 5):
+        rows = {"P1": {"heart_rate": end in data_at, "heart_rate_count": count}, "P2": {}}
+        events += [(end, e[2]) for e in run(state, policy, end, rows) if e[0] == "P1" and e[2] != "repeated"]
+    return events
+
+
+def test_a_charted_vital_is_silent_after_three_of_its_usual_intervals_not_at_each_late_reading(
+    policy: AlertPolicy,
+) -> None:
+    s = AlertState()
+    hourly = [60, 120, 185, 240, 300, 365, 420]  # charted about hourly, some a window late
+    assert charted(s, policy, hourly, 420) == [(65, "raised"), (120, "resolved")]  # the first gap: 5 min
+    # then charting stops: silent three usual intervals (60 min) after its last data, not 5 min after
+    assert charted(s, policy, [], 800, start=425)[:1] == [(600, "raised")]
+    reason = next(iter(s.open.values())).reason
+    assert "silent for >= 180 min (3x its usual 60 min between readings" in reason, reason
+
+
+def test_a_monitor_keeps_after_minutes_and_one_outage_does_not_change_its_cadence(policy: AlertPolicy) -> None:
+    s = AlertState()
+    outage = [m for m in range(5, 200, 5) if not 50 <= m <= 150]  # silent from 50 to 150
+    assert charted(s, policy, outage, 195, count=300) == [(50, "raised"), (155, "resolved")]  # 1 Hz
+    # the median of its last five intervals is 1 s, the outage's among them: silent again after 5 min
+    assert charted(s, policy, [], 210, start=200, count=300) == [(200, "raised")]
+
+
+def test_one_averaged_value_per_window_is_silent_after_three_missed_values(policy: AlertPolicy) -> None:
+    s = AlertState()  # a wearable's 5-min heart-rate averages: one reading per window
+    assert charted(s, policy, list(range(5, 60, 5)), 55) == []
+    assert charted(s, policy, [65, 80], 80, start=60) == []  # one or two missed values: not yet
+    assert charted(s, policy, [], 100, start=85) == [(95, "raised")]  # 15 min after its last value
+
+
+def test_the_cadence_is_kept_with_the_state(policy: AlertPolicy) -> None:
+    s = AlertState()
+    charted(s, policy, [60, 120, 180, 240], 240)
+    restored = AlertState.from_tables(s.to_tables())
+    assert np.array_equal(restored.recent_gaps("heart_rate"), s.recent_gaps("heart_rate"))
+    assert charted(restored, policy, [], 420, start=245) == [(420, "raised")]  # 3 x 60 min after 240
+    old = s.to_tables()  # a state saved before cadences were kept: after_minutes alone until it learns one
+    old["alert_tracks"] = old["alert_tracks"].drop_columns(["gaps:heart_rate"])
+    assert charted(AlertState.from_tables(old), policy, [], 250, start=245) == [(245, "raised")]
+
+
 def test_a_whole_topic_outage_pages_nobody(policy: AlertPolicy) -> None:
     s = AlertState()
     run(s, policy, falls=readings([(f"P{i}", "heart_rate", 1, None) for i in range(5)]))
@@ -414,6 +468,10 @@ def test_the_shipped_policy_loads() -> None:
         (
             {"sensor_silent": {"after_minutes": {"fall": 5}, "repeat_minutes": 30, "severity": "warning"}},
             "after_minutes",
+        ),
+        (
+            {"sensor_silent": {**POLICY_DOC["conditions"]["sensor_silent"], "cadence_factor": 0.5}},
+            "cadence_factor must be a number within 1-100",
         ),
     ],
 )
