@@ -207,6 +207,8 @@ def main() -> None:
             f"{'consumed / windows / quarantined':<38}{s['consumed']:>12,} / {s['windows']:,} / "
             f"{sum(s['quarantined'].values()):,}   balanced={s['balanced']}"
         )
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s["quarantined"].items(), key=lambda kv: -kv[1]))
+        print(f"{'  quarantined by reason':<38}{reasons}")
 
 
 def _sampled(cmd: list[str], env: dict[str, str]) -> tuple[float, RssSampler]:
