@@ -197,11 +197,24 @@ def model_card(
     path.write_text("\n".join(lines))
 
 
+def _event_free(r: dict[str, Any]) -> str:
+    calm = r.get("event_free_days")
+    if calm is None:
+        return ""
+    return (
+        f" Event-free days (no event under way or beginning within the hour after, any patient;"
+        f" {calm['patient_days']:.1f} patient-days, {calm['windows']} windows): {100 * calm['high_share']:.1f} % of"
+        f" windows `high`, {calm['alerts_per_patient_day']:.2f} alerts per patient-day."
+    )
+
+
 TARGET_NAMES = {
     "hypoglycaemia_auroc": "hypoglycaemia AUROC >= best baseline + 0.05",
     "any_auroc": "any-event AUROC >= best baseline + 0.05",
     "no_event_high_share": "patients without events: share of `high` windows <= 0.05",
     "no_event_alerts_per_day": "patients without events: alerts (risk >= high, one per hour) per patient-day <= 1",
+    "event_free_high_share": "event-free days of any patient: share of `high` windows <= 0.05",
+    "event_free_alerts_per_day": "event-free days of any patient: alerts per patient-day <= 1",
     "ece": "expected calibration error <= 0.05",
 }
 
@@ -321,8 +334,10 @@ def _cohort_tables(name: str, r: dict[str, Any]) -> list[str]:
         "",
         f"Patients without any event ({q['patients']}, {q['windows']} windows): {100 * q['high_share']:.1f} % of "
         f"windows `high`, {q['alerts_per_patient_day']:.2f} alerts per patient-day; all patients: "
-        f"{r['alerts_per_patient_day']:.2f} alerts per patient-day. Calibration bins (predicted / observed / "
-        "windows): " + "; ".join(f"{mp:.2f} / {rate:.2f} / {n}" for mp, rate, n in r["calibration"]["bins"]) + ".",
+        f"{r['alerts_per_patient_day']:.2f} alerts per patient-day.{_event_free(r)} Calibration bins (predicted / "
+        "observed / windows): "
+        + "; ".join(f"{mp:.2f} / {rate:.2f} / {n}" for mp, rate, n in r["calibration"]["bins"])
+        + ".",
         "",
     ]
     return lines

@@ -424,6 +424,36 @@ def split_inputs(ckpt: Checkpoint, split: Split, window_ms: int = 300_000) -> np
     return x
 
 
+def event_free_days(
+    patient: np.ndarray, t_end: np.ndarray, events: pa.Table, horizon_ms: int, window_ms: int = 300_000
+) -> tuple[np.ndarray, float]:
+    """The windows in a patient's event-free days, and how many patient-days those are. A day is a UTC
+    calendar day of a patient's record in which no event of any condition is under way or begins within the
+    horizon after: a patient-level "without events" for cohorts whose every patient has some event over weeks
+    of recording (type-1 diabetes: a low most weeks). Each such day counts for the time its windows span."""
+    day = 86_400_000
+    ids = pa.concat_arrays(
+        [pa.array(patient, pa.string()), events.column("patient_id").combine_chunks().cast(pa.string())]
+    )
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    w_code, e_code = codes[: len(patient)], codes[len(patient) :]
+    first = (events.column("onset").cast(pa.int64()).to_numpy() - horizon_ms) // day
+    last = events.column("end").cast(pa.int64()).to_numpy() // day
+    span = np.maximum(last - first + 1, 0)
+    busy_days = np.repeat(first, span) + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
+    busy = np.repeat(e_code, span) * (1 << 32) + busy_days
+    key = w_code * (1 << 32) + t_end // day
+    calm = ~np.isin(key, busy)
+    if not calm.any():
+        return calm, 0.0
+    blocks, block = np.unique(key[calm], return_inverse=True)
+    lo = np.full(len(blocks), np.iinfo(np.int64).max)
+    hi = np.full(len(blocks), np.iinfo(np.int64).min)
+    np.minimum.at(lo, block, t_end[calm])
+    np.maximum.at(hi, block, t_end[calm])
+    return calm, float(np.minimum(hi - lo + window_ms, day).sum() / day)
+
+
 def patient_days(split: Split, rows: np.ndarray, window_ms: int = 300_000) -> float:
     """Days spanned by the context windows of the patients of `rows` (first window start to last window end)."""
     who = pa.array(sorted(set(split.targets.column("patient_id").take(pa.array(rows)).to_pylist())), pa.string())
@@ -652,6 +682,7 @@ REAL_BASELINES: dict[str, str] = {
 }
 MIN_POSITIVES = 20  # a cohort "has enough events" for a head with at least this many positive windows...
 MIN_EVENT_PATIENTS = 5  # ...from at least this many patients
+MIN_EVENT_FREE_DAYS = 5.0  # event-free patient-days before their `high` share and alert rate are judged
 
 
 def context_values(split: Split, column: str, length: int, window_ms: int = 300_000) -> np.ndarray:
@@ -787,6 +818,8 @@ def evaluate_real(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCo
     high = any_p >= levels.high
     quiet_days = patient_days(test, np.flatnonzero(quiet)) if quiet.any() else 0.0
     quiet_alerts = len(alerts(patient[quiet], t_end[quiet], high[quiet], h_ms))
+    calm, calm_days = event_free_days(patient, t_end, test.events, h_ms)
+    calm_alerts = len(alerts(patient[calm], t_end[calm], high[calm], h_ms))
     all_alerts = len(alerts(patient, t_end, high, h_ms))
     metrics: dict[str, Any] = {
         "windows": len(test.y),
@@ -799,6 +832,12 @@ def evaluate_real(ckpt: Checkpoint, test: Split, train_split: Split, cfg: EvalCo
             "windows": int(quiet.sum()),
             "high_share": float(high[quiet].mean()) if quiet.any() else float("nan"),
             "alerts_per_patient_day": quiet_alerts / quiet_days if quiet_days else float("nan"),
+        },
+        "event_free_days": {
+            "patient_days": calm_days,
+            "windows": int(calm.sum()),
+            "high_share": float(high[calm].mean()) if calm.any() else float("nan"),
+            "alerts_per_patient_day": calm_alerts / calm_days if calm_days else float("nan"),
         },
         "alerts_per_patient_day": all_alerts / test.patient_days if test.patient_days else float("nan"),
         "calibration": {"ece": ece(y_any, any_p), "bins": calibration_bins(y_any, any_p)},
@@ -828,6 +867,12 @@ def real_targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
     why = {} if judged else {"why": "no patient without events"}
     out["no_event_high_share"] = _at_most(quiet["high_share"], 0.05, judged) | why
     out["no_event_alerts_per_day"] = _at_most(quiet["alerts_per_patient_day"], 1.0, judged) | why
+    calm = m.get("event_free_days")  # absent from checkpoints evaluated before it was measured
+    if calm is not None:
+        judged = calm["patient_days"] >= MIN_EVENT_FREE_DAYS
+        why = {} if judged else {"why": f"under {MIN_EVENT_FREE_DAYS} event-free patient-days"}
+        out["event_free_high_share"] = _at_most(calm["high_share"], 0.05, judged) | why
+        out["event_free_alerts_per_day"] = _at_most(calm["alerts_per_patient_day"], 1.0, judged) | why
     out["ece"] = _at_most(m["calibration"]["ece"], 0.05, True)
     return out
 

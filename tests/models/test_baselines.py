@@ -159,3 +159,25 @@ def test_real_targets_judge_each_figure_against_its_limit() -> None:
     assert not t["ece"]["met"] and t["ece"]["judged"]
     quiet = t["no_event_high_share"]
     assert quiet["judged"] is False and quiet["why"] == "no patient without events"
+
+
+def test_event_free_days_leave_out_each_day_an_event_touches_or_begins_within_the_hour_after() -> None:
+    day, hour = 24 * 60 * MIN, 60 * MIN
+    t = np.arange(3 * 24) * hour + hour  # hourly windows over three UTC days, ending 01:00 .. 00:00
+    patient = np.repeat(["A", "B"], len(t))
+    t_end = np.tile(t, 2)
+    events = pa.table(
+        {
+            "patient_id": ["A", "B"],
+            "onset": pa.array([day + 12 * hour, 2 * day + 30 * MIN], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "end": pa.array([day + 12 * hour + 30 * MIN, 2 * day + 40 * MIN], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+        }
+    )
+    calm, days = ev.event_free_days(patient, t_end, events, 60 * MIN, window_ms=hour)
+    calm_days = {(p, int(e // day)) for p, e in zip(patient[calm], t_end[calm], strict=True)}
+    # A: day 1 has its event; B: its onset at 00:30 on day 2 is within the hour after day 1's end
+    assert calm_days == {("A", 0), ("A", 2), ("A", 3), ("B", 0), ("B", 3)}
+    # days 0 (01:00-23:00, 23 windows of an hour), 2 (whole) and 3 (its 00:00 window): 23/24 + 1 + 1/24 for A
+    assert days == pytest.approx((23 / 24 + 1 + 1 / 24) + (23 / 24 + 1 / 24))
