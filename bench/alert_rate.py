@@ -105,10 +105,42 @@ def _report(table: Any, events: Any, days: float, silences: str) -> None:
         value, evidence = (_median(x) for x in zip(*numbers[c], strict=True))
         print(f"    {c:<24}{n:>6}  ({n / days:.2f} per patient-day; median value {value}, evidence {evidence})")
     print(f"  raised around real events:  {sum(explained.values())} {dict(sorted(explained.items()))}")
+    warned = _warned(raised, events)
+    print("  events with an alert of their condition (or deterioration) in the hour before onset (falls: at it):",
+          ", ".join(f"{c} {w}/{n}" for c, (w, n) in sorted(warned.items())))  # fmt: skip
     print(f"  sensor_silent raised:       {sum(silent.values())} {dict(sorted(silent.items()))} "
           f"({sum(silent.values()) / days:.2f} per patient-day; {silences})")  # fmt: skip
     states = Counter(f"{r['condition']}:{r['state']}" for r in rows)
     print(f"  all events by condition:state: {dict(sorted(states.items()))}")
+
+
+def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, int]]:
+    """Per event condition: (events with an alert raised for the same patient in [onset - LOOKAHEAD_MS,
+    onset] whose condition speaks to it (MATCH; `deterioration` to any), events)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    condition = np.asarray(events.column("condition").to_pylist(), dtype=object)
+    out = {c: (0, int((condition == c).sum())) for c in set(condition.tolist())}
+    if not raised or not len(events):
+        return out
+    ids = pa.array([a["patient_id"] for a in raised] + events.column("patient_id").to_pylist(), pa.string())
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    a_code, e_code = codes[: len(raised)], codes[len(raised) :]
+    t = np.array([a["event_time"].timestamp() * 1000 for a in raised], dtype=np.int64)
+    onset = events.column("onset").cast(pa.int64()).to_numpy()
+    base = int(min(t.min(), onset.min()) - LOOKAHEAD_MS)
+    span = int(max(t.max(), onset.max()) - base + 1)
+    wants = np.asarray([MATCH.get(a["condition"], a["condition"]) or "" for a in raised], dtype=object)
+    for c in out:
+        speaks = np.flatnonzero((wants == c) | (wants == ""))
+        key = np.sort(a_code[speaks] * span + (t[speaks] - base))
+        rows = condition == c
+        q = e_code[rows] * span + (onset[rows] - base)
+        n = np.searchsorted(key, q, side="right") - np.searchsorted(key, q - LOOKAHEAD_MS, side="left")
+        out[c] = (int((n > 0).sum()), int(rows.sum()))
+    return out
 
 
 def _explained(raised: list[dict[str, Any]], events: Any) -> list[bool]:
