@@ -588,11 +588,11 @@ def _silence_step(
         seen = idx[rows]
         # the interval between readings this window shows: the time since the last window with data over the
         # readings in this one (a monitor at 1 Hz: about a second; hourly charting: an hour)
-        count = _floats(windows, f"{stream}_count")[rows]
         prior = (last[seen] != NEVER) & (last[seen] < end_ms)
-        again = seen[prior]
-        gaps[again, 1:] = gaps[again, :-1]
-        gaps[again, 0] = np.ceil((end_ms - last[again]) / np.fmax(np.nan_to_num(count[prior], nan=1.0), 1.0))
+        if prior.any():
+            again, count = seen[prior], _floats(windows, f"{stream}_count")[rows[prior]]
+            gaps[again, 1:] = gaps[again, :-1]
+            gaps[again, 0] = np.ceil((end_ms - last[again]) / np.fmax(np.nan_to_num(count, nan=1.0), 1.0))
         last[seen] = end_ms
         is_open[back] = False
         # Silence counts only where the patient's partition of this stream has data up to this window.
@@ -605,6 +605,8 @@ def _silence_step(
         # A stream that reports less often than after_ms allows for (hourly charting, spot checks, a CGM every
         # 15 min, a wearable's 5-min averages) is silent after cadence_factor of its own usual intervals:
         # otherwise it would raise and resolve at every reading that comes a little late or not at all.
+        if not len(candidates):
+            continue
         usual = _usual_gap(gaps[candidates])
         wait = np.maximum(after_ms, np.ceil(usual * rule.cadence_factor)).astype(np.int64)
         silent = end_ms - last[candidates] >= wait
@@ -625,11 +627,17 @@ def _silence_step(
 
 
 def _usual_gap(gaps: np.ndarray) -> np.ndarray:
-    """Per row, the median of the known (non-zero) intervals in ms; 0 where none is known."""
-    known = np.where(gaps > 0, gaps.astype(np.float64), np.nan)
+    """Per row, the median of the known (non-zero) intervals in ms; 0 where none is known. Sorting with the
+    unknown ones last, not np.nanmedian: that takes a masked-array path costing ~150 us per call."""
     out = np.zeros(len(gaps))
-    rows = ~np.isnan(known).all(axis=1)
-    out[rows] = np.nanmedian(known[rows], axis=1)
+    if not len(gaps):
+        return out
+    ordered = np.sort(np.where(gaps > 0, gaps, np.iinfo(np.int64).max), axis=1)
+    known = (gaps > 0).sum(axis=1)
+    rows = np.flatnonzero(known)
+    lo = np.take_along_axis(ordered[rows], ((known[rows] - 1) // 2)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered[rows], (known[rows] // 2)[:, None], axis=1)[:, 0]
+    out[rows] = (lo + hi) / 2
     return out
 
 
