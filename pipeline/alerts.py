@@ -144,9 +144,8 @@ class AlertState:
         self.streak: dict[str, np.ndarray] = {}  # condition -> int32 per patient
         self.last_present: dict[str, np.ndarray] = {}  # stream -> window end (ms) of its last data, NEVER if none
         self.source: dict[str, np.ndarray] = {}  # stream -> "topic:partition" per patient ("" unknown)
-        self.gaps: dict[
-            str, np.ndarray
-        ] = {}  # stream -> (patients, GAPS_KEPT) intervals in ms, newest first; 0 unknown
+        # stream -> (patients, GAPS_KEPT) intervals between readings in ms, newest first; 0 unknown
+        self.gaps: dict[str, np.ndarray] = {}
         self.open: dict[tuple[str, str, str], OpenAlert] = {}
         self.horizon_ms: int | None = None
 
