@@ -136,8 +136,9 @@ _OPEN_SCHEMA = pa.schema(
 
 class AlertState:
     """What alerting carries from batch to batch: per patient (an index of ids), each window condition's run
-    of windows at the raise level and each sensor's last window with data and Kafka source; the open
-    alerts by (patient, condition, stream); the event time up to which timers have fired."""
+    of windows at the raise level and each sensor's last window with data, Kafka source and latest intervals
+    between readings; the open alerts by (patient, condition, stream); the event time up to which timers have
+    fired."""
 
     def __init__(self) -> None:
         self.patients: pa.Array = pa.nulls(0, pa.string())  # not pa.array([]): see readings.empty_table
