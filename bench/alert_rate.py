@@ -14,9 +14,11 @@ sensors for 5-20 minutes: real silences, not adverse events). Prints the figures
 
 With `--csv`, a tidy recording (`vitalstream replay --csv` reads the same files) goes through the same
 engine in its own event times, `--batch` messages at a time in event-time order, as the live consumer
-fetches them. There is no ground truth to classify against: it prints raised alerts per condition per
-monitored patient-day: the time between a patient's consecutive readings, gaps over 12 h left out (charted
-ICU stays of one patient can lie years apart).
+fetches them. It prints raised alerts per condition per monitored patient-day (the time between a
+patient's consecutive readings, gaps over 12 h left out: charted ICU stays of one patient can lie years
+apart), then classifies them as above against the recording's own threshold events
+(`sim.simulate.detect_events` on its readings, the labels the model is judged by). Both runs also count, per
+condition, the events with an alert in the hour before their onset.
 """
 
 from __future__ import annotations
@@ -119,16 +121,12 @@ def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, i
     onset] whose condition speaks to it (MATCH; `deterioration` to any), events)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     condition = np.asarray(events.column("condition").to_pylist(), dtype=object)
     out = {c: (0, int((condition == c).sum())) for c in set(condition.tolist())}
     if not raised or not len(events):
         return out
-    ids = pa.array([a["patient_id"] for a in raised] + events.column("patient_id").to_pylist(), pa.string())
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    a_code, e_code = codes[: len(raised)], codes[len(raised) :]
-    t = np.array([a["event_time"].timestamp() * 1000 for a in raised], dtype=np.int64)
+    a_code, e_code, t = _coded(raised, events)
     onset = events.column("onset").cast(pa.int64()).to_numpy()
     base = int(min(t.min(), onset.min()) - LOOKAHEAD_MS)
     span = int(max(t.max(), onset.max()) - base + 1)
@@ -143,21 +141,29 @@ def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, i
     return out
 
 
+def _coded(raised: list[dict[str, Any]], events: Any) -> tuple[Any, Any, Any]:
+    """Patient codes shared by the alerts and the events (alerts', events'), and the alerts' event times (ms)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.array([a["patient_id"] for a in raised] + events.column("patient_id").to_pylist(), pa.string())
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    t = np.array([a["event_time"].timestamp() * 1000 for a in raised], dtype=np.int64)
+    return codes[: len(raised)], codes[len(raised) :], t
+
+
 def _explained(raised: list[dict[str, Any]], events: Any) -> list[bool]:
     """Per raised alert: is there an event of its condition (MATCH) for the same patient from LOOKAHEAD_MS
     before its onset to AFTER_MS after its end around the alert's event time? Sorted intervals and a running
     maximum of their ends per patient, no loop per event."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     out = np.zeros(len(raised), dtype=bool)
     if not raised or not len(events):
         return out.tolist()
-    ids = pa.array([a["patient_id"] for a in raised] + events.column("patient_id").to_pylist(), pa.string())
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    a_code, e_code = codes[: len(raised)], codes[len(raised) :]
-    t = np.array([a["event_time"].timestamp() * 1000 for a in raised], dtype=np.int64)
+    a_code, e_code, t = _coded(raised, events)
     start = events.column("onset").cast(pa.int64()).to_numpy() - LOOKAHEAD_MS
     end = events.column("end").cast(pa.int64()).to_numpy() + AFTER_MS
     span = int(max(end.max(), t.max()) - min(start.min(), t.min()) + 1)
