@@ -214,7 +214,9 @@ TARGET_NAMES = {
     "no_event_high_share": "patients without events: share of `high` windows <= 0.05",
     "no_event_alerts_per_day": "patients without events: alerts (risk >= high, one per hour) per patient-day <= 1",
     "event_free_high_share": "event-free days of any patient: share of `high` windows <= 0.05",
-    "event_free_alerts_per_day": "event-free days of any patient: alerts per patient-day <= 1",
+    "event_free_alerts_per_day": (
+        "event-free days of any patient: alerts (risk >= high, one per hour) per patient-day <= 1"
+    ),
     "ece": "expected calibration error <= 0.05",
 }
 
