@@ -145,12 +145,12 @@ def _coded(raised: list[dict[str, Any]], events: Any) -> tuple[Any, Any, Any]:
     """Patient codes shared by the alerts and the events (alerts', events'), and the alerts' event times (ms)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    ids = pa.array([a["patient_id"] for a in raised] + events.column("patient_id").to_pylist(), pa.string())
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    from pipeline.readings import shared_codes
+
+    a_code, e_code = shared_codes(pa.array([a["patient_id"] for a in raised], pa.string()), events.column("patient_id"))
     t = np.array([a["event_time"].timestamp() * 1000 for a in raised], dtype=np.int64)
-    return codes[: len(raised)], codes[len(raised) :], t
+    return a_code, e_code, t
 
 
 def _explained(raised: list[dict[str, Any]], events: Any) -> list[bool]:

@@ -34,6 +34,7 @@ from pipeline.clinical import (
     news2_points,
 )
 from pipeline.model_contract import CONDITIONS, HEADS, WINDOW_FEATURES, RiskLevels, sensor_configuration
+from pipeline.readings import shared_codes
 
 MINUTE_MS = 60_000
 # The logistic-regression baseline reads the last window's own inputs, whatever else the model reads (its
@@ -432,11 +433,7 @@ def event_free_days(
     horizon after: a patient-level "without events" for cohorts whose every patient has some event over weeks
     of recording (type-1 diabetes: a low most weeks). Each such day counts for the time its windows span."""
     day = 86_400_000
-    ids = pa.concat_arrays(
-        [pa.array(patient, pa.string()), events.column("patient_id").combine_chunks().cast(pa.string())]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    w_code, e_code = codes[: len(patient)], codes[len(patient) :]
+    w_code, e_code = shared_codes(pa.array(patient, pa.string()), events.column("patient_id"))
     first = (events.column("onset").cast(pa.int64()).to_numpy() - horizon_ms) // day
     last = events.column("end").cast(pa.int64()).to_numpy() // day
     span = np.maximum(last - first + 1, 0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.model_contract import CONDITIONS, HEADS
+from pipeline.readings import shared_codes
 
 
 def window_labels(windows: pa.Table, events: pa.Table, horizon_minutes: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -21,11 +21,7 @@ def window_labels(windows: pa.Table, events: pa.Table, horizon_minutes: int = 60
     ongoing = np.zeros(n, dtype=bool)
     if n == 0 or len(events) == 0:
         return labels, ongoing
-    ids = pa.concat_arrays(
-        [windows.column("patient_id").combine_chunks(), events.column("patient_id").combine_chunks()]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
-    w_code, e_code = codes[:n], codes[n:]
+    w_code, e_code = shared_codes(windows.column("patient_id"), events.column("patient_id"))
     end = windows.column("window_end").cast(pa.int64()).to_numpy()
     onset = events.column("onset").cast(pa.int64()).to_numpy()
     ev_end = events.column("end").cast(pa.int64()).to_numpy()

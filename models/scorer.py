@@ -33,7 +33,7 @@ from pipeline.model_contract import (
     RiskLevels,
     sensor_configuration,
 )
-from pipeline.readings import epoch_ms
+from pipeline.readings import epoch_ms, shared_codes
 
 if TYPE_CHECKING:  # torch is imported when a network runs, not with this module (runtime imports it)
     from models.lstm import Checkpoint
@@ -115,13 +115,10 @@ def _patient_windows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Patient codes shared by the context's and the targets' rows, and each row's window number:
     (context codes, target codes, context windows, target windows)."""
-    ids = pa.concat_arrays(
-        [context.column("patient_id").combine_chunks(), targets.column("patient_id").combine_chunks()]
-    )
-    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    c_code, t_code = shared_codes(context.column("patient_id"), targets.column("patient_id"))
     c_idx = epoch_ms(context.column("window_start")) // window_ms
     t_idx = epoch_ms(targets.column("window_start")) // window_ms
-    return codes[: len(context)], codes[len(context) :], c_idx, t_idx
+    return c_code, t_code, c_idx, t_idx
 
 
 def recent_shares(course: pa.Table, targets: pa.Table, window_ms: int) -> dict[str, np.ndarray]:

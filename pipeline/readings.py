@@ -72,6 +72,15 @@ def epoch_ms(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def shared_codes(*columns: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Integer codes of several id columns (patient ids of two tables, say), one code per distinct id across
+    all of them: the same id gets the same code in each. One array per column, int64."""
+    chunks = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
+    ids = pa.concat_arrays([c.cast(pa.string()) for c in chunks])
+    codes = np.asarray(pc.dictionary_encode(ids).indices, dtype=np.int64)
+    return np.split(codes, np.cumsum([len(c) for c in chunks])[:-1])
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """`schema.empty_table()` without loading pandas: pyarrow imports it (0.25 s of CPU) the first time it
     converts Python objects, empty ones included, and a run that finds nothing needs no pandas otherwise."""

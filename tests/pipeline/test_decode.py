@@ -209,3 +209,15 @@ def test_a_topics_polls_join_into_one_batch_with_headers_at_their_new_positions(
     assert joined.offsets.tolist() == [5, 6, 7, 0, 1] and joined.partitions.tolist() == [0, 0, 0, 1, 1]
     assert joined.keys.to_pylist() == [b"P5", b"P6", b"P7", b"P0", b"P1"]
     assert joined.headers == {1: [("trace", b"a")], 3: [("trace", b"b")]}
+
+
+def test_shared_codes_give_one_id_one_code_across_columns() -> None:
+    from pipeline.readings import shared_codes
+
+    windows = pa.chunked_array([["P2", "P1"], ["P2"]])
+    events = pa.array(["P1", "P3", "P2"])
+    w, e = shared_codes(windows, events)
+    assert w.dtype == np.int64 and len(w) == 3 and len(e) == 3
+    assert w[0] == w[2] == e[2] and w[1] == e[0] and len({*w.tolist(), *e.tolist()}) == 3
+    empty, other = shared_codes(pa.array([], pa.string()), events)
+    assert len(empty) == 0 and len(set(other.tolist())) == 3
