@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -186,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
     oc.add_argument("--out", type=Path, help="JSON file (default: outcomes.json beside the checkpoint)")
     oc.set_defaults(handler=cmd_outcomes)
+
+    rv = sub.add_parser(
+        "evaluate",
+        help="re-evaluate a checkpoint with today's evaluation code (same weights and test patients); "
+        "rewrites its figures, card and pictures",
+    )
+    rv.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    rv.add_argument("--real-data", action="append", type=Path, default=[], help="where its cohorts are now")
+    rv.set_defaults(handler=cmd_evaluate)
 
     ex = sub.add_parser(
         "export-onnx", help="export the risk model to ONNX for onnxruntime (edge devices, --engine onnx)"
@@ -603,6 +613,49 @@ def _checkpoint(path: Path) -> Any:
         raise ModelError(f"model checkpoint {path} not found (train one with `vitalstream train`)") from exc
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
+
+
+def _moved_targets(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The target figures (simulated, and per real cohort) that differ at the card's precision."""
+
+    def figures(m: dict[str, Any]) -> dict[tuple[str, str], float]:
+        groups = {"simulated": m.get("targets", {})} | {c: r.get("targets", {}) for c, r in m.get("real", {}).items()}
+        return {(g, k): float(t["model"]) for g, ts in groups.items() for k, t in ts.items() if "model" in t}
+
+    was, now = figures(old), figures(new)
+    out = []
+    for key, value in now.items():
+        before = was.get(key, float("nan"))
+        if math.isnan(before) != math.isnan(value) or abs(before - value) >= 5e-4:
+            out.append(f"{key[0]} {key[1]} {before:.3f} -> {value:.3f}")
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from models.card import model_card
+    from models.figures import pictures
+    from models.lstm import DEFAULT_CHECKPOINT
+    from models.train import reevaluate
+
+    path = args.model or DEFAULT_CHECKPOINT
+    ckpt = _checkpoint(path)
+    try:
+        metrics = reevaluate(ckpt, tuple(str(r) for r in args.real_data))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    moved = _moved_targets(ckpt.metrics, metrics)
+    ckpt.metrics = metrics
+    ckpt.training["re_evaluated"] = f"{datetime.now(UTC):%Y-%m-%d}"
+    ckpt.save(path)  # the weights are untouched; the digest now covers the new figures
+    suffix = ".candidate" if path.stem.endswith(".candidate") else ""
+    model_card(ckpt, path.with_name(f"model_card{suffix}.md"), metrics.get("promotion"))
+    pictures(ckpt, path.parent, suffix)
+    print(json.dumps(metrics["targets"], indent=1, default=str))
+    print(f"re-evaluated {path} ({ckpt.version}); figures that moved: {'; '.join(moved) or 'none'}")
+    return 0
 
 
 def cmd_outcomes(args: argparse.Namespace) -> int:

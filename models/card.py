@@ -37,7 +37,13 @@ def model_card(
         f"`--patients {c['patients']} --hours {c['hours']} --epochs {c['epochs']} --seed {c['seed']}"
         + "".join(f" --real {r}" for r in c.get("real", ()))
         + (f" --holdout {c['holdout']}" if c.get("holdout") else "")
-        + "`.",
+        + "`."
+        + (
+            f" Figures re-evaluated on {t['re_evaluated']} by `vitalstream evaluate` (the same weights, "
+            "calibration and test patients; the evaluation code of that day)."
+            if t.get("re_evaluated")
+            else ""
+        ),
         f"Data: {d['source']}: {d['simulated_patients']} patients x {d['hours_per_patient']} h, profiles "
         + ", ".join(f"{k} {v}" for k, v in d["profiles"].items())
         + "; events "

@@ -472,11 +472,10 @@ def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: EvalConfig) -> dic
     test = splits["test"]
     if test.source is None:
         return evaluate_one(ckpt, test, splits["train"], cfg)
+    # every source's patient-days as the span of its test patients' windows (the split's own total is each
+    # cohort's mean days per patient times its test patients: the difference is no simulated day)
     sim_rows = np.flatnonzero(test.source == "sim")
-    sim_days = test.patient_days - sum(
-        patient_days(test, np.flatnonzero(test.source == c)) for c in set(test.source.tolist()) - {"sim"}
-    )
-    metrics = evaluate_one(ckpt, test.subset(sim_rows, sim_days), splits["train"], cfg)
+    metrics = evaluate_one(ckpt, test.subset(sim_rows, patient_days(test, sim_rows)), splits["train"], cfg)
     metrics["real"] = {
         cohort: evaluate_real(ckpt, test.subset(rows, patient_days(test, rows)), splits["train"], cfg)
         for cohort in sorted(set(test.source.tolist()) - {"sim"})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -379,6 +379,30 @@ def train(cfg: TrainConfig, log: Any = print) -> tuple[Checkpoint, dict[str, Spl
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return ckpt, splits
+
+
+def reevaluate(ckpt: Checkpoint, real_roots: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The checkpoint's figures again, with the evaluation code of today: its own splits rebuilt from its
+    recorded training config (the same simulated and real patients, split alike), the same weights and
+    calibration. Returns the new metrics, with the promotion and calibration records kept. `real_roots`
+    replaces the recorded folders of the real cohorts (the same files elsewhere). Raises ValueError when the
+    rebuilt training data does not give the checkpoint's own normalisation (the data changed)."""
+    recorded = {k: v for k, v in ckpt.training["config"].items() if k in {f.name for f in fields(TrainConfig)}}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    cfg = TrainConfig(**values)
+    if real_roots:
+        cfg = replace(cfg, real_roots=real_roots)
+    splits, center, scale, _ = build_data(cfg)
+    if not (np.allclose(center, ckpt.center) and np.allclose(scale, ckpt.scale)):
+        raise ValueError(
+            "the checkpoint's recorded training data no longer gives its normalisation (simulator or cohorts "
+            "changed, or another --real-data): its test patients cannot be rebuilt; retrain it instead"
+        )
+    metrics = ev.evaluate(ckpt, splits, cfg)
+    for key in ("calibration_by_config", "promotion"):
+        if key in ckpt.metrics:
+            metrics[key] = ckpt.metrics[key]
+    return metrics
 
 
 # --- calibration --------------------------------------------------------------------------------------------

@@ -406,3 +406,35 @@ def test_real_patients_split_the_same_way_whatever_the_training_seed() -> None:
     assert first["test"] and first["train"]
     assert real_split(2, ("ddatshr",)) == first  # another seed: the same real patients in each part
     assert real_split(1, ("mimic3_demo", "ddatshr")) == first  # and whichever other cohorts are loaded
+
+
+def test_simulated_patient_days_are_the_simulated_patients_own() -> None:
+    """The simulated figures' alert budget is per simulated patient-day: counted from the simulated test
+    patients' windows, not what is left of the split's total once the real cohorts' days are taken off (a
+    cohort's mean days per patient and its test patients' own days differ)."""
+    cfg = TrainConfig(
+        patients=20, hours=2.0, epochs=1, hidden=8, layers=1, window_count=4, seed=1, bootstrap=5,
+        real=("mimic3_demo",), real_patients=20, real_hours=48.0,
+    )  # fmt: skip
+    ckpt, splits = train(cfg, log=lambda _: None)
+    sim = {p for p in splits["test"].targets.column("patient_id").to_pylist() if not p.startswith("mimic3_demo")}
+    assert sim and ckpt.metrics["test_patients"] == len(sim)
+    assert ckpt.metrics["test_patient_days"] == pytest.approx(len(sim) * cfg.hours / 24, rel=0.1)
+
+
+def test_a_checkpoint_re_evaluates_to_its_own_figures(trained: Checkpoint) -> None:
+    """`vitalstream evaluate`: the checkpoint's own test patients rebuilt from its recorded config give its
+    figures again; a config that no longer rebuilds its training data is refused, not evaluated on others."""
+    from models.train import reevaluate
+
+    again = reevaluate(trained)
+    m = trained.metrics
+    assert again["test_windows"] == m["test_windows"] and again["test_patient_days"] == m["test_patient_days"]
+    for head in HEADS:
+        assert again["heads"][head]["model"]["auroc"] == pytest.approx(
+            m["heads"][head]["model"]["auroc"], abs=1e-6, nan_ok=True
+        )
+    assert again["targets"].keys() == m["targets"].keys()
+    moved = replace(trained, training={**trained.training, "config": {**trained.training["config"], "seed": 4}})
+    with pytest.raises(ValueError, match="cannot be rebuilt"):
+        reevaluate(moved)
