@@ -572,6 +572,7 @@ def cmd_lodo(args: argparse.Namespace) -> int:
     import json
 
     from models.card import model_card
+    from models.figures import real_calibration
     from models.lstm import DEFAULT_CHECKPOINT, load_checkpoint
     from models.train import LODO_EPOCHS, LODO_PATIENTS, TrainConfig, leave_one_dataset_out
 
@@ -598,6 +599,7 @@ def cmd_lodo(args: argparse.Namespace) -> int:
     if out.exists():
         ckpt = load_checkpoint(out)
         model_card(ckpt, out.with_name("model_card.md"), ckpt.metrics.get("promotion"), result)
+        real_calibration(ckpt, out.parent)
     print(f"wrote {path} ({result['seconds']:.0f} s)")
     return 0
 

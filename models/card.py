@@ -73,7 +73,7 @@ def model_card(
             else "."
         ),
     ]
-    lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path))
+    lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path), pics)
     lines += outcome_section(_read_outcomes(path, ckpt.version))
     lines += [
         "# Simulated patients (sim/simulate.py; the first model issue's targets)",
@@ -351,7 +351,7 @@ def _cohort_tables(name: str, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def real_section(m: dict[str, Any], d: dict[str, Any], lodo: dict[str, Any] | None) -> list[str]:
+def real_section(m: dict[str, Any], d: dict[str, Any], lodo: dict[str, Any] | None, pics: str = "") -> list[str]:
     """Real recordings first: leave-one-dataset-out, then patient-level splits inside the training cohorts."""
     lines = [
         "",
@@ -363,6 +363,8 @@ def real_section(m: dict[str, Any], d: dict[str, Any], lodo: dict[str, Any] | No
         + ", ".join(REAL_BASELINES.values())
         + ". A head is judged only on the windows that assess it, and a target only where the cohort has at "
         "least 20 positive windows from 5 patients.",
+        "",
+        f"![calibration on real recordings](calibration_real{pics}.png)",
         "",
     ]
     if lodo:

@@ -1,16 +1,19 @@
-"""The model card's pictures: loss curves, calibration and ROC of the overall risk, as PNGs."""
+"""The model card's pictures: loss curves, calibration and ROC of the overall risk, as PNGs; calibration on
+the real cohorts, held out and within training."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from models.evaluate import BASELINES
 from models.lstm import Checkpoint
 
 
 def pictures(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
-    """loss_curve.png, calibration.png and roc.png beside the checkpoint (skipped without matplotlib,
-    which only the dev extra installs)."""
+    """loss_curve.png, calibration.png, roc.png and calibration_real.png (`real_calibration`) beside the
+    checkpoint (skipped without matplotlib, which only the dev extra installs)."""
     try:
         import matplotlib
     except ImportError:
@@ -55,4 +58,48 @@ def pictures(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / f"roc{suffix}.png", dpi=100)
+    plt.close(fig)
+    real_calibration(ckpt, folder, suffix)
+
+
+def real_calibration(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
+    """calibration_real.png: the overall risk's calibration on each real cohort, held out (`lodo.json` beside
+    the checkpoint, written by `vitalstream lodo`) and on the training cohorts' own test patients; a point's
+    area grows with its bin's windows, so a bin of three windows does not look like a finding."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lodo_path = folder / "lodo.json"
+    lodo = json.loads(lodo_path.read_text()) if lodo_path.exists() and not suffix else None
+    panels: list[tuple[str, dict[str, Any]]] = [
+        ("held out (leave one dataset out)", (lodo or {}).get("cohorts", {})),
+        ("test patients of the training cohorts", ckpt.metrics.get("real", {})),
+    ]
+    if not any(cohorts for _, cohorts in panels):
+        return
+    names = sorted({name for _, cohorts in panels for name in cohorts})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {name: cycle[i % len(cycle)] for i, name in enumerate(names)}  # one colour per cohort in both
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharey=True)
+    for ax, (title, cohorts) in zip(axes, panels, strict=True):
+        for name in sorted(cohorts):
+            bins, ece = cohorts[name]["calibration"]["bins"], cohorts[name]["calibration"]["ece"]
+            x, y = [b[0] for b in bins], [b[1] for b in bins]
+            ax.plot(x, y, linewidth=1, color=colour[name], label=f"{name} (ECE {ece:.3f})")
+            ax.scatter(x, y, s=[8 + 2.5 * b[2] ** 0.5 for b in bins], color=colour[name], alpha=0.7)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("predicted probability (bin mean)")
+        ax.set_title(title if cohorts else f"{title}: none", fontsize=10)
+        if cohorts:
+            ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("observed event rate")
+    fig.suptitle("Calibration of the overall risk on real recordings (point area: windows in the bin)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(folder / f"calibration_real{suffix}.png", dpi=100)
     plt.close(fig)

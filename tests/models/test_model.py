@@ -248,6 +248,14 @@ def test_vitalstream_train_runs_a_tiny_configuration_end_to_end(tmp_path: Path) 
     assert r.returncode == 0, r.stderr[-2000:]
     assert "promoted" in r.stdout and out.exists() and (tmp_path / "model_card.md").exists()
     assert load_checkpoint(out).version in r.stdout
+    # re-evaluated with the same code: the same figures, the same weights, the card says when
+    version = load_checkpoint(out).version
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main", "evaluate", "--model", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "figures that moved: none" in r.stdout and load_checkpoint(out).version == version
+    assert "re-evaluated on" in (tmp_path / "model_card.md").read_text()
 
 
 def test_the_network_sees_each_vitals_trend_across_windows() -> None:
@@ -438,3 +446,19 @@ def test_a_checkpoint_re_evaluates_to_its_own_figures(trained: Checkpoint) -> No
     moved = replace(trained, training={**trained.training, "config": {**trained.training["config"], "seed": 4}})
     with pytest.raises(ValueError, match="cannot be rebuilt"):
         reevaluate(moved)
+
+
+def test_calibration_on_real_recordings_is_drawn_from_both_evaluations(tmp_path: Path) -> None:
+    """calibration_real.png: held-out cohorts from lodo.json beside the checkpoint, and the training cohorts'
+    own test patients; nothing is drawn when neither exists."""
+    import types
+
+    from models.figures import real_calibration
+
+    pytest.importorskip("matplotlib")
+    cohort = {"calibration": {"ece": 0.03, "bins": [[0.05, 0.04, 900], [0.5, 0.4, 12]]}}
+    real_calibration(types.SimpleNamespace(metrics={}), tmp_path)  # type: ignore[arg-type]
+    assert not (tmp_path / "calibration_real.png").exists()
+    (tmp_path / "lodo.json").write_text(json.dumps({"cohorts": {"held_out_cohort": cohort}}))
+    real_calibration(types.SimpleNamespace(metrics={"real": {"own_cohort": cohort}}), tmp_path)  # type: ignore[arg-type]
+    assert (tmp_path / "calibration_real.png").stat().st_size > 10_000
