@@ -108,22 +108,24 @@ def _report(table: Any, events: Any, days: float, silences: str) -> None:
         print(f"    {c:<24}{n:>6}  ({n / days:.2f} per patient-day; median value {value}, evidence {evidence})")
     print(f"  raised around real events:  {sum(explained.values())} {dict(sorted(explained.items()))}")
     warned = _warned(raised, events)
-    print("  events with an alert of their condition (or deterioration) in the hour before onset (falls: at it):",
-          ", ".join(f"{c} {w}/{n}" for c, (w, n) in sorted(warned.items())))  # fmt: skip
+    each = [f"{c} {w}/{n}" + (f" ({lead:.0f} min)" if w else "") for c, (w, n, lead) in sorted(warned.items())]
+    print("  events with an alert of their condition (or deterioration) in the hour before onset (falls: at it),"
+          " and the median minutes from the first such alert to onset:", ", ".join(each))  # fmt: skip
     print(f"  sensor_silent raised:       {sum(silent.values())} {dict(sorted(silent.items()))} "
           f"({sum(silent.values()) / days:.2f} per patient-day; {silences})")  # fmt: skip
     states = Counter(f"{r['condition']}:{r['state']}" for r in rows)
     print(f"  all events by condition:state: {dict(sorted(states.items()))}")
 
 
-def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, int]]:
+def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, int, float]]:
     """Per event condition: (events with an alert raised for the same patient in [onset - LOOKAHEAD_MS,
-    onset] whose condition speaks to it (MATCH; `deterioration` to any), events)."""
+    onset] whose condition speaks to it (MATCH; `deterioration` to any), events, the median minutes from the
+    first such alert to onset over those events)."""
     import numpy as np
     import pyarrow as pa
 
     condition = np.asarray(events.column("condition").to_pylist(), dtype=object)
-    out = {c: (0, int((condition == c).sum())) for c in set(condition.tolist())}
+    out = {c: (0, int((condition == c).sum()), float("nan")) for c in set(condition.tolist())}
     if not raised or not len(events):
         return out
     a_code, e_code, t = _coded(raised, events)
@@ -136,8 +138,10 @@ def _warned(raised: list[dict[str, Any]], events: Any) -> dict[str, tuple[int, i
         key = np.sort(a_code[speaks] * span + (t[speaks] - base))
         rows = condition == c
         q = e_code[rows] * span + (onset[rows] - base)
-        n = np.searchsorted(key, q, side="right") - np.searchsorted(key, q - LOOKAHEAD_MS, side="left")
-        out[c] = (int((n > 0).sum()), int(rows.sum()))
+        first = np.searchsorted(key, q - LOOKAHEAD_MS, side="left")  # the earliest alert in the hour before
+        hit = np.searchsorted(key, q, side="right") > first
+        lead = (q[hit] - key[first[hit]]) / 60_000
+        out[c] = (int(hit.sum()), int(rows.sum()), float(np.median(lead)) if hit.any() else float("nan"))
     return out
 
 
