@@ -73,7 +73,7 @@ def model_card(
             else "."
         ),
     ]
-    lines += real_section(m, d, lodo if lodo is not None else _read_lodo(path), pics)
+    lines += real_section(m, d, lodo if lodo is not None else read_lodo(path), pics)
     lines += outcome_section(_read_outcomes(path, ckpt.version))
     lines += [
         "# Simulated patients (sim/simulate.py; the first model issue's targets)",
@@ -254,7 +254,8 @@ def procedure_table(procedure: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def _read_lodo(card: Path) -> dict[str, Any] | None:
+def read_lodo(card: Path) -> dict[str, Any] | None:
+    """The leave-one-dataset-out results (`vitalstream lodo`) beside the shipped card; none for a candidate's."""
     path = card.with_name("lodo.json")
     return json.loads(path.read_text()) if path.exists() and card.stem == "model_card" else None
 

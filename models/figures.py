@@ -3,10 +3,10 @@ the real cohorts, held out and within training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from models.card import read_lodo
 from models.evaluate import BASELINES
 from models.lstm import Checkpoint
 
@@ -73,8 +73,7 @@ def real_calibration(ckpt: Checkpoint, folder: Path, suffix: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lodo_path = folder / "lodo.json"
-    lodo = json.loads(lodo_path.read_text()) if lodo_path.exists() and not suffix else None
+    lodo = read_lodo(folder / f"model_card{suffix}.md")
     panels: list[tuple[str, dict[str, Any]]] = [
         ("held out (leave one dataset out)", (lodo or {}).get("cohorts", {})),
         ("test patients of the training cohorts", ckpt.metrics.get("real", {})),

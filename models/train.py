@@ -408,6 +408,12 @@ def reevaluate(ckpt: Checkpoint, real_roots: tuple[str, ...] = ()) -> dict[str, 
 # --- calibration --------------------------------------------------------------------------------------------
 
 
+def enough_to_calibrate(y: np.ndarray, who: np.ndarray, pick: np.ndarray) -> bool:
+    """Enough validation windows to fit an isotonic map on: 200 windows, 10 positives, 5 patients (one
+    patient's base rate is no calibration for the next)."""
+    return bool(pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5)
+
+
 def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> None:
     """Fit on validation patients: isotonic maps per condition (on the windows that assess it); the overall
     risk ("conditions": 1 - prod(1 - p) over the assessed conditions; "head": the any-event head; "auto":
@@ -443,9 +449,7 @@ def calibrate(ckpt: Checkpoint, val: Split, any_source: str = "conditions") -> N
     for key in sorted(set(keys[ok].tolist())):
         rows = (keys == key) & ok
         for name, pick in (("real", rows & real), ("all", rows)):
-            # enough to fit a map: 200 windows, 10 positives, 5 patients (one patient's base rate is no
-            # calibration for the next)
-            if pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5:
+            if enough_to_calibrate(y, who, pick):
                 ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[pick], y[pick])
                 fitted[key] = {
                     "on": name,

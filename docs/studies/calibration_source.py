@@ -4,8 +4,8 @@ simulated patients, 12 epochs), then the same trained network calibrated three w
 
 - `shipped`: `models.train.calibrate` (condition maps and the overall map on every validation window; a sensor
   configuration's map on its real windows where they are enough, else on all of its windows);
-- `A`: the condition maps on real validation windows where they are enough (200 windows, 10 positives,
-  5 patients: the rule the configuration maps use), else on all;
+- `A`: the condition maps on real validation windows where they are enough
+  (`models.train.enough_to_calibrate`, the rule the configuration maps use), else on all;
 - `B`: A, and the overall map too; a configuration without enough real windows gets no map of its own (the
   overall map applies) instead of one fitted on simulated windows.
 
@@ -31,14 +31,10 @@ import numpy as np
 
 from models import evaluate as ev
 from models.lstm import Checkpoint
-from models.train import LODO_EPOCHS, LODO_PATIENTS, TrainConfig, train
+from models.train import LODO_EPOCHS, LODO_PATIENTS, TrainConfig, enough_to_calibrate, train
 from pipeline.model_contract import CONDITIONS, HEADS
 
 COHORTS = ("t1d_uom", "ddatshr", "mimic3_demo", "physionet_challenge2012")
-
-
-def _enough(y: np.ndarray, who: np.ndarray, pick: np.ndarray) -> bool:
-    return bool(pick.sum() >= 200 and y[pick].sum() >= 10 and len(set(who[pick].tolist())) >= 5)
 
 
 def calibrate(ckpt: Checkpoint, val: ev.Split, variant: str) -> dict[str, str]:
@@ -53,13 +49,13 @@ def calibrate(ckpt: Checkpoint, val: ev.Split, variant: str) -> dict[str, str]:
     on: dict[str, str] = {}
     for j, c in enumerate(CONDITIONS):
         i, rows = HEADS.index(c), val.assessed[:, j]
-        pick = rows & real if _enough(val.y[:, i], who, rows & real) else rows
+        pick = rows & real if enough_to_calibrate(val.y[:, i], who, rows & real) else rows
         on[c] = "real" if pick is not rows else "all"
         ckpt.isotonic[i] = ev.fit_isotonic(raw[pick, i], val.y[pick, i]) if pick.any() else {}
     y = val.y[:, HEADS.index("any")]
     combined = ckpt.probabilities(logits, val.assessed, val.keys)[:, HEADS.index("any")]
     ok = ~np.isnan(combined)
-    pick = ok & real if variant == "B" and _enough(y, who, ok & real) else ok
+    pick = ok & real if variant == "B" and enough_to_calibrate(y, who, ok & real) else ok
     on["overall"] = "real" if pick is not ok else "all"
     ckpt.isotonic[HEADS.index("any")] = ev.fit_isotonic(combined[pick], y[pick])
     for key in sorted(set(val.keys[ok].tolist())):
@@ -67,7 +63,7 @@ def calibrate(ckpt: Checkpoint, val: ev.Split, variant: str) -> dict[str, str]:
         for name, sel in (("real", rows & real), ("all", rows)):
             if name == "all" and variant == "B":
                 break
-            if _enough(y, who, sel):
+            if enough_to_calibrate(y, who, sel):
                 ckpt.isotonic_by_config[key] = ev.fit_isotonic(combined[sel], y[sel])
                 on[key] = name
                 break
