@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from pipeline.contract import STREAMS, readings_suite_name, stream_contract, suite_json
 from pipeline.features import window_features
-from pipeline.readings import READINGS_SCHEMA
+from pipeline.readings import READINGS_SCHEMA, epoch_ms, span_days
 from sim.replay import read_tidy
 from sim.simulate import detect_events
 
@@ -175,11 +175,5 @@ def load_cohort(
     readings = sample(every, max_patients, hours, seed)
     windows = window_features(readings, window_ms)
     events = detect_events(readings)
-    t = readings.column("event_time").cast(pa.int64()).to_numpy()
-    code = np.asarray(pc.dictionary_encode(readings.column("patient_id")).combine_chunks().indices, dtype=np.int64)
-    lo = np.full(code.max() + 1 if len(code) else 0, np.iinfo(np.int64).max)
-    hi = np.full_like(lo, np.iinfo(np.int64).min)
-    np.minimum.at(lo, code, t)
-    np.maximum.at(hi, code, t)
-    days = float(((hi - lo + window_ms) / 86_400_000).sum())
+    days = span_days(readings.column("patient_id"), epoch_ms(readings.column("event_time")), window_ms)
     return Cohort(name, readings, windows, events, days)

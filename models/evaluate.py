@@ -34,7 +34,7 @@ from pipeline.clinical import (
     news2_points,
 )
 from pipeline.model_contract import CONDITIONS, HEADS, WINDOW_FEATURES, RiskLevels, sensor_configuration
-from pipeline.readings import shared_codes
+from pipeline.readings import epoch_ms, shared_codes, span_days
 
 MINUTE_MS = 60_000
 # The logistic-regression baseline reads the last window's own inputs, whatever else the model reads (its
@@ -455,15 +455,7 @@ def patient_days(split: Split, rows: np.ndarray, window_ms: int = 300_000) -> fl
     """Days spanned by the context windows of the patients of `rows` (first window start to last window end)."""
     who = pa.array(sorted(set(split.targets.column("patient_id").take(pa.array(rows)).to_pylist())), pa.string())
     ctx = split.context.filter(pc.is_in(split.context.column("patient_id"), who))
-    if len(ctx) == 0:
-        return 0.0
-    t = ctx.column("window_start").cast(pa.int64()).to_numpy()
-    code = np.asarray(pc.dictionary_encode(ctx.column("patient_id")).combine_chunks().indices, dtype=np.int64)
-    lo = np.full(code.max() + 1, np.iinfo(np.int64).max)
-    hi = np.full(code.max() + 1, np.iinfo(np.int64).min)
-    np.minimum.at(lo, code, t)
-    np.maximum.at(hi, code, t)
-    return float(((hi - lo + window_ms) / 86_400_000).sum())
+    return span_days(ctx.column("patient_id"), epoch_ms(ctx.column("window_start")), window_ms)
 
 
 def evaluate(ckpt: Checkpoint, splits: dict[str, Split], cfg: EvalConfig) -> dict[str, Any]:

@@ -81,6 +81,19 @@ def shared_codes(*columns: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     return np.split(codes, np.cumsum([len(c) for c in chunks])[:-1])
 
 
+def span_days(ids: pa.ChunkedArray | pa.Array, t_ms: np.ndarray, pad_ms: int = 0) -> float:
+    """Days that each id's times span (first to last, plus `pad_ms`: a window's length, say), summed over
+    the ids: patient-days of a record."""
+    if len(t_ms) == 0:
+        return 0.0
+    (code,) = shared_codes(ids)
+    lo = np.full(code.max() + 1, np.iinfo(np.int64).max)
+    hi = np.full(code.max() + 1, np.iinfo(np.int64).min)
+    np.minimum.at(lo, code, t_ms)
+    np.maximum.at(hi, code, t_ms)
+    return float(((hi - lo + pad_ms) / 86_400_000).sum())
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """`schema.empty_table()` without loading pandas: pyarrow imports it (0.25 s of CPU) the first time it
     converts Python objects, empty ones included, and a run that finds nothing needs no pandas otherwise."""

@@ -221,3 +221,13 @@ def test_shared_codes_give_one_id_one_code_across_columns() -> None:
     assert w[0] == w[2] == e[2] and w[1] == e[0] and len({*w.tolist(), *e.tolist()}) == 3
     empty, other = shared_codes(pa.array([], pa.string()), events)
     assert len(empty) == 0 and len(set(other.tolist())) == 3
+
+
+def test_span_days_sums_each_ids_first_to_last_time_plus_the_pad() -> None:
+    from pipeline.readings import span_days
+
+    day = 86_400_000
+    ids = pa.array(["A", "B", "A", "B"])
+    t = np.array([0, day, day // 2, day], dtype=np.int64)  # A spans half a day, B one instant
+    assert span_days(ids, t, pad_ms=day // 4) == pytest.approx(0.75 + 0.25)
+    assert span_days(pa.array([], pa.string()), np.array([], np.int64)) == 0.0
